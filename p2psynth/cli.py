@@ -1,0 +1,232 @@
+"""The ``p2psynth`` command.
+
+Each subcommand is a thin layer over a library function: it parses arguments,
+calls the function, and prints a summary. Errors the product raises on purpose
+(``P2PSynthError``) are printed as one line and exit with status 1; argument
+errors exit with status 2 (argparse's convention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from p2psynth import __version__
+from p2psynth.errors import P2PSynthError
+
+log = logging.getLogger("p2psynth")
+
+EXIT_ERROR = 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.log_level)
+    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return handler(args)
+    except P2PSynthError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader of stdout went away (for example `| head`); not an error of ours.
+        sys.stderr.close()
+        return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="p2psynth",
+        description="Decentralized synthetic data from differentially private marginals.",
+    )
+    parser.add_argument("--version", action="version", version=f"p2psynth {__version__}")
+    parser.add_argument(
+        "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging level for messages on stderr (default: WARNING)",
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    init = commands.add_parser("init", help="create a node folder: key, store, node.toml")
+    init.add_argument("folder", type=Path, help="folder to create the node in (must not hold a node)")
+    init.add_argument("--name", help="display name of the node (default: the folder name)")
+    init.add_argument("--data", default="", help="path of the private table (CSV or Parquet)")
+    init.add_argument("--schema", default="", help="path of the network's schema TOML")
+    init.add_argument("--network-id", default="p2psynth-local", help="name of the network (default: %(default)s)")
+    init.add_argument("--lifetime-epsilon", type=float, default=4.0,
+                      help="total epsilon the node may ever spend (default: %(default)s)")
+    init.add_argument("--release-epsilon", type=float, default=1.0,
+                      help="epsilon of one release (default: %(default)s)")
+    init.add_argument("--delta", type=float, default=1e-9, help="delta of the guarantee (default: %(default)s)")
+    init.add_argument("--api-port", type=int, default=8470, help="TCP port of the local HTTP API on 127.0.0.1")
+    init.set_defaults(handler=_run_init)
+
+    measure = commands.add_parser("measure", help="measure the private table and write a signed release")
+    _add_config_argument(measure)
+    measure.add_argument("--epsilon", type=float, help="epsilon of this release (default: privacy.release_epsilon)")
+    measure.add_argument("--data", type=Path, help="data file to measure (default: data.path of node.toml)")
+    measure.add_argument("--out", type=Path, help="release file to write (default: a file in releases/)")
+    measure.set_defaults(handler=_run_measure)
+
+    inspect = commands.add_parser("inspect", help="verify a release file and summarize it")
+    inspect.add_argument("release", type=Path, help="release file (.p2pr)")
+    inspect.add_argument("--schema", type=Path, help="schema TOML to check the release against")
+    inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
+    inspect.set_defaults(handler=_run_inspect)
+
+    budget = commands.add_parser("budget", help="show the privacy budget spent and remaining")
+    _add_config_argument(budget)
+    budget.add_argument("--json", action="store_true", help="print the budget as JSON")
+    budget.set_defaults(handler=_run_budget)
+
+    schema = commands.add_parser("schema", help="schema tools")
+    schema_commands = schema.add_subparsers(title="schema commands", metavar="SCHEMA_COMMAND")
+    draft = schema_commands.add_parser("draft", help="write a draft schema from a data file")
+    draft.add_argument("data", type=Path, help="CSV or Parquet file")
+    draft.add_argument("--out", type=Path, help="file to write (default: print to stdout)")
+    draft.add_argument("--bins", type=int, default=10, help="number of bins of numeric columns (default: 10)")
+    draft.set_defaults(handler=_run_schema_draft)
+    schema.set_defaults(handler=lambda args: _print_help(schema))
+
+    return parser
+
+
+def _add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path, default=Path("node.toml"),
+        help="the node's node.toml (default: ./node.toml)",
+    )
+
+
+def _print_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def _configure_logging(level: str) -> None:
+    # libp2p replaces its logger's handlers when imported; the root handler
+    # set here still receives every other module's records.
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# Handlers ----------------------------------------------------------------
+
+
+def _run_init(args: argparse.Namespace) -> int:
+    from p2psynth.nodefolder import init_node
+    from p2psynth.release import author_fingerprint
+    from p2psynth.identity import load_private_key, public_key_bytes
+
+    config = init_node(
+        args.folder,
+        name=args.name,
+        data_path=args.data,
+        schema_path=args.schema,
+        network_id=args.network_id,
+        lifetime_epsilon=args.lifetime_epsilon,
+        release_epsilon=args.release_epsilon,
+        delta=args.delta,
+        api_port=args.api_port,
+    )
+    public = public_key_bytes(load_private_key(config.key_file))
+    print(f"created node {config.name!r} in {config.folder}")
+    print(f"  config:      {config.path}")
+    print(f"  public key:  {public.hex()}")
+    print(f"  fingerprint: {author_fingerprint(public)}")
+    print("Back up node.key and store.sqlite together; share only the public key.")
+    return 0
+
+
+def _run_measure(args: argparse.Namespace) -> int:
+    from p2psynth.accounting import epsilon_from_rho
+    from p2psynth.nodefolder import measure_and_publish, open_node
+    from p2psynth.release import release_id
+
+    with open_node(args.config) as node:
+        published = measure_and_publish(node, epsilon=args.epsilon, data_path=args.data, out_path=args.out)
+        status = node.ledger.status()
+
+    release = published.release
+    print(published.load_summary)
+    print(f"release {release_id(published.data).hex()} written to {published.path}")
+    print(f"  sequence {release.sequence}, epoch {release.epoch}, {len(release.measurements)} marginals, "
+          f"{len(published.data)} bytes")
+    print(f"  epsilon {epsilon_from_rho(release.rho, status.delta):.4g} (rho {release.rho:.6g}) at delta {status.delta:g}")
+    print(f"  budget: spent epsilon {status.epsilon_spent:.4g} of {status.epsilon_limit:g}, "
+          f"remaining rho {status.rho_remaining:.6g}")
+    return 0
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from p2psynth.inspection import summarize_release_file
+
+    summary = summarize_release_file(args.release, schema_path=args.schema)
+    if args.json:
+        print(json.dumps(summary.as_dict(), indent=2))
+    else:
+        print(summary.as_text())
+    return 0
+
+
+def _run_budget(args: argparse.Namespace) -> int:
+    from p2psynth.nodefolder import open_node
+
+    with open_node(args.config) as node:
+        status = node.ledger.status()
+    values = {
+        "lifetime_epsilon": status.epsilon_limit,
+        "delta": status.delta,
+        "releases": status.releases,
+        "rho_limit": status.rho_limit,
+        "rho_spent": status.rho_spent,
+        "rho_remaining": status.rho_remaining,
+        "epsilon_spent": status.epsilon_spent,
+        "epsilon_remaining_if_spent_alone": status.epsilon_remaining,
+    }
+    if args.json:
+        print(json.dumps(values, indent=2))
+        return 0
+    print(f"releases:          {status.releases}")
+    print(f"lifetime budget:   epsilon {status.epsilon_limit:g} at delta {status.delta:g} (rho {status.rho_limit:.6g})")
+    print(f"spent:             epsilon {status.epsilon_spent:.4g} (rho {status.rho_spent:.6g})")
+    print(f"remaining:         rho {status.rho_remaining:.6g} "
+          f"(epsilon {status.epsilon_remaining:.4g} if spent in one release)")
+    return 0
+
+
+def _run_schema_draft(args: argparse.Namespace) -> int:
+    from p2psynth.schema_draft import draft_schema
+
+    text = draft_schema(args.data, bins=args.bins)
+    print(
+        "WARNING: categories and bounds in this draft were read from the data itself. Publishing them "
+        "leaks private values; replace them with public knowledge before the network uses the schema.",
+        file=sys.stderr,
+    )
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        if args.out.exists():
+            print(f"error: {args.out} exists; choose another --out file", file=sys.stderr)
+            return EXIT_ERROR
+        args.out.write_text(text, encoding="utf-8")
+        print(f"draft schema written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
