@@ -52,14 +52,11 @@ alpha; this module is written independently and evaluates the t form above.
 
 from __future__ import annotations
 
-import logging
 import math
 import numbers
 from fractions import Fraction
 
 from p2psynth.errors import PrivacyError
-
-logger = logging.getLogger(__name__)
 
 # Relative slack added to a float evaluation of epsilon(t), as a fraction of
 # the sum of the magnitudes of its terms (see the module docstring).

@@ -3,13 +3,14 @@
 Why not floating point. Mironov (2012, "On Significance of the Least
 Significant Bits for Differential Privacy") showed that Laplace noise drawn
 with floating-point arithmetic leaks: the set of floats the textbook sampler
-can output depends on the true value, so an attacker who sees a released float
-can sometimes rule out neighbouring inputs and the privacy guarantee fails
-entirely. Rounding or snapping continuous noise fixes this only with care and
-a loss in the guarantee. Counts are integers, so this module adds integer
-noise drawn with exact integer and rational arithmetic: no float ever touches
-a released value, and the output distribution is exactly the discrete
-Gaussian of the recorded parameter.
+can output depends on the true value, so an attacker who observes a released
+float can sometimes rule out neighbouring inputs and the privacy guarantee
+fails entirely. Rounding or snapping continuous noise fixes this only with
+care and a loss in the guarantee. Counts are integers, so this module adds
+integer noise drawn with exact integer and rational arithmetic: no float
+ever touches a released value, and the output distribution is exactly the
+discrete Gaussian with the rational sigma**2 that `rational_sigma_squared`
+returns.
 
 The sampler. Canonne, Kamath and Steinke (2020, "The Discrete Gaussian for
 Differential Privacy", Algorithms 1 to 3; CKS below) sample N_Z(0, sigma**2), the
@@ -91,8 +92,8 @@ SEED_BYTES = 32
 # average. The cap only turns a broken random source into an error.
 _MAX_ROUNDS = 10_000
 
-# The ChaCha20 block counter of OpenSSL is 32 bits (256 GiB of keystream).
-# The stream moves to the next nonce well before that.
+# ChaCha20 (RFC 8439) has a 32-bit block counter, 256 GiB of keystream per
+# nonce. The stream moves to the next nonce long before the counter wraps.
 _BYTES_PER_NONCE = 1 << 36
 
 # int64 headroom: every product of the common path stays below this.
@@ -208,8 +209,8 @@ class SecureRandom:
         return np.frombuffer(data, dtype=np.dtype(word_type).newbyteorder("<"))
 
     def _new_encryptor(self):
-        # cryptography's ChaCha20 nonce is 16 bytes: a 4-byte little-endian
-        # block counter (starting at 0), then the 12-byte nonce proper.
+        # cryptography's ChaCha20 takes 16 bytes: the 4-byte little-endian
+        # block counter (starting at 0), then the 12-byte RFC 8439 nonce.
         nonce = bytes(4) + self._nonce_index.to_bytes(12, "little")
         return Cipher(algorithms.ChaCha20(self._key, nonce), mode=None).encryptor()
 
@@ -236,6 +237,7 @@ def discrete_gaussian(
         )
 
     total = math.prod(shape)
+    logger.debug("drawing %d discrete Gaussian values with sigma %r", total, sigma)
     output = np.empty(total, dtype=np.int64)
     filled = 0
     for _ in range(_MAX_ROUNDS):
