@@ -25,3 +25,12 @@ A node never sends a row: only releases leave it.
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Client pulls in httpx; import it only when asked for.
+    if name == "Client":
+        from p2psynth.client import Client
+
+        return Client
+    raise AttributeError(f"module 'p2psynth' has no attribute {name!r}")

@@ -89,6 +89,53 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--json", action="store_true", help="print the budget as JSON")
     budget.set_defaults(handler=_run_budget)
 
+    node = commands.add_parser("node", help="run the node daemon")
+    node_commands = node.add_subparsers(title="node commands", metavar="NODE_COMMAND")
+    run = node_commands.add_parser("run", help="run the daemon in the foreground until SIGINT or SIGTERM")
+    _add_config_argument(run)
+    run.add_argument("--no-api", action="store_true", help="do not serve the local HTTP API")
+    run.add_argument("--anti-entropy-s", type=float, nargs=2, metavar=("MIN", "MAX"), default=(5.0, 10.0),
+                     help="interval between anti-entropy rounds, in seconds (default: 5 10)")
+    run.set_defaults(handler=_run_node)
+    node.set_defaults(handler=lambda args: _print_help(node))
+
+    status = commands.add_parser("status", help="show the running daemon's status")
+    _add_config_argument(status)
+    status.add_argument("--json", action="store_true", help="print the full status as JSON")
+    status.set_defaults(handler=_run_status)
+
+    publish = commands.add_parser("publish", help="ask the running daemon to measure and publish a release")
+    _add_config_argument(publish)
+    publish.add_argument("--epsilon", type=float, help="epsilon of this release (default: privacy.release_epsilon)")
+    publish.set_defaults(handler=_run_publish)
+
+    assemble = commands.add_parser("assemble", help="fit the global model from release files")
+    assemble.add_argument("releases", type=Path, nargs="+", help="release files (.p2pr)")
+    assemble.add_argument("--schema", type=Path, required=True, help="the network's schema TOML")
+    assemble.add_argument("--out", type=Path, required=True, help="model file to write (.p2pm)")
+    assemble.set_defaults(handler=_run_assemble)
+
+    sample = commands.add_parser("sample", help="write synthetic rows, from a model file or the running daemon")
+    source = sample.add_mutually_exclusive_group()
+    source.add_argument("--model", type=Path, help="model file from 'p2psynth assemble' (needs --schema)")
+    source.add_argument("--config", type=Path, help="node.toml of a running daemon (default: ./node.toml)")
+    sample.add_argument("--schema", type=Path, help="schema TOML (with --model)")
+    sample.add_argument("--rows", type=int, required=True, help="number of rows")
+    sample.add_argument("--where", action="append", default=[], metavar="COND",
+                        help="condition COL=VALUE or 'COL in {A, B}'; repeat for several")
+    sample.add_argument("--seed", type=int, help="seed for reproducible rows")
+    sample.add_argument("--format", choices=["csv", "parquet", "json"], help="output format (default: from --out)")
+    sample.add_argument("--out", type=Path, required=True, help="file to write")
+    sample.set_defaults(handler=_run_sample)
+
+    evaluate = commands.add_parser("evaluate", help="compare synthetic rows with real rows")
+    evaluate.add_argument("--real", type=Path, required=True, help="real data file (CSV or Parquet)")
+    evaluate.add_argument("--synthetic", type=Path, required=True, help="synthetic data file")
+    evaluate.add_argument("--schema", type=Path, required=True, help="schema TOML both files follow")
+    evaluate.add_argument("--target", help="column to predict for the ML efficacy score")
+    evaluate.add_argument("--out", type=Path, default=Path("evaluation"), help="report folder (default: ./evaluation)")
+    evaluate.set_defaults(handler=_run_evaluate)
+
     schema = commands.add_parser("schema", help="schema tools")
     schema_commands = schema.add_subparsers(title="schema commands", metavar="SCHEMA_COMMAND")
     draft = schema_commands.add_parser("draft", help="write a draft schema from a data file")
@@ -225,6 +272,117 @@ def _run_schema_draft(args: argparse.Namespace) -> int:
             return EXIT_ERROR
         args.out.write_text(text, encoding="utf-8")
         print(f"draft schema written to {args.out}")
+    return 0
+
+
+def _run_node(args: argparse.Namespace) -> int:
+    from p2psynth.daemon import DaemonOptions, run_daemon
+
+    low, high = args.anti_entropy_s
+    options = DaemonOptions(
+        serve_api=not args.no_api, anti_entropy_min_interval_s=low, anti_entropy_max_interval_s=high
+    )
+    return run_daemon(args.config, options=options)
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from p2psynth.daemon import read_status
+
+    status = read_status(args.config)
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+        return 0
+    model = status.get("model") or {}
+    rejections = (status.get("rejections") or {}).get("by_reason") or {}
+    state = "running" if status.get("running") else "not running"
+    print(f"node {status.get('node')} ({state}, pid {status.get('pid')})")
+    print(f"  public key:  {status.get('public_key')}")
+    print(f"  peer id:     {status.get('peer_id')}")
+    for address in status.get("addresses") or []:
+        print(f"  address:     {address}")
+    print(f"  peers:       {len(status.get('peers') or [])}")
+    releases = status.get("releases") or {}
+    print(f"  releases:    {releases.get('stored')} stored; latest sequence per member: "
+          f"{json.dumps(releases.get('latest_sequence_by_member'))}")
+    print(f"  rejections:  {json.dumps(rejections) if rejections else 'none'}")
+    print(f"  model:       {model.get('model_id') or 'none'}"
+          + (f" ({model.get('error')})" if model.get("error") else ""))
+    return 0
+
+
+def _run_publish(args: argparse.Namespace) -> int:
+    from p2psynth.client import Client
+
+    with Client.from_node_config(args.config) as client:
+        result = client.publish(epsilon=args.epsilon)
+    print(f"published release {result['release_id']} (sequence {result['sequence']}, {result['size_bytes']} bytes)")
+    return 0
+
+
+def _run_assemble(args: argparse.Namespace) -> int:
+    from p2psynth.assembly import assemble_model, decode_entries
+    from p2psynth.errors import ModelError
+    from p2psynth.nodefolder import write_file_atomically
+    from p2psynth.schema import load_schema
+
+    schema = load_schema(args.schema)
+    blobs = []
+    for path in args.releases:
+        try:
+            blobs.append(path.read_bytes())
+        except OSError as exc:
+            raise ModelError(f"cannot read release file {path}: {exc}") from exc
+    model = assemble_model(decode_entries(blobs), schema_fingerprint=schema.fingerprint, domain=schema.domain)
+    write_file_atomically(args.out, model.to_bytes())
+    members = model.provenance.get("members", {})
+    print(f"model {model.model_id} written to {args.out}")
+    print(f"  {len(model.provenance.get('releases', []))} releases from {len(members)} members, "
+          f"about {model.total:.0f} rows")
+    return 0
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    from p2psynth.synthesize import format_from_path
+
+    fmt = format_from_path(args.out, args.format)
+    if args.model is not None:
+        from p2psynth.errors import ModelError
+        from p2psynth.model import GraphicalModel
+        from p2psynth.schema import load_schema
+        from p2psynth.synthesize import parse_where, sample_chunks, write_rows
+
+        if args.schema is None:
+            raise ModelError("--model needs --schema: the schema the model's releases were made for")
+        schema = load_schema(args.schema)
+        try:
+            model = GraphicalModel.from_bytes(args.model.read_bytes())
+        except OSError as exc:
+            raise ModelError(f"cannot read model file {args.model}: {exc}") from exc
+        conditions = parse_where(schema, args.where)
+        seed = args.seed if args.seed is not None else int.from_bytes(__import__("os").urandom(7), "big")
+        size = write_rows(args.out, sample_chunks(model, schema, rows=args.rows, seed=seed, conditions=conditions), fmt)
+    else:
+        from p2psynth.client import Client
+        from p2psynth.errors import ModelError
+
+        where: dict[str, list[str]] = {}
+        for expression in args.where:
+            column, separator, value = expression.partition("=")
+            if not separator:
+                raise ModelError(f"condition {expression!r} is invalid; write COL=VALUE")
+            where.setdefault(column.strip(), []).append(value)
+        with Client.from_node_config(args.config or Path("node.toml")) as client:
+            client.sample_to_file(args.out, rows=args.rows, where=where, seed=args.seed, format=fmt)
+        size = args.out.stat().st_size
+    print(f"{args.rows} synthetic rows written to {args.out} ({fmt}, {size} bytes)")
+    return 0
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from p2psynth.evaluation_report import evaluate_files
+
+    summary = evaluate_files(args.real, args.synthetic, schema_path=args.schema, target=args.target, out_dir=args.out)
+    print(summary)
     return 0
 
 

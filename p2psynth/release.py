@@ -62,6 +62,10 @@ _FINGERPRINT_PATTERN = re.compile(r"[0-9a-f]{64}")
 _BODY_FIELDS = 8
 
 
+class InvalidSignatureError(ReleaseFormatError):
+    """The release parses but its signature does not verify under its author key."""
+
+
 @dataclass(frozen=True, eq=False)
 class Release:
     """One signed release: a node's noisy measurements and their privacy cost.
@@ -164,11 +168,11 @@ def decode_release(data: bytes, *, max_bytes: int = MAX_RELEASE_BYTES) -> Releas
     try:
         Ed25519PublicKey.from_public_bytes(release.author).verify(signature, SIGNATURE_CONTEXT + body)
     except InvalidSignature:
-        raise ReleaseFormatError(
+        raise InvalidSignatureError(
             f"invalid signature on release from author {author_fingerprint(release.author)}"
         ) from None
     except ValueError as exc:
-        raise ReleaseFormatError(f"invalid author public key: {exc}") from exc
+        raise InvalidSignatureError(f"invalid author public key: {exc}") from exc
     return release
 
 

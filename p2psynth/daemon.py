@@ -1,0 +1,332 @@
+"""The node daemon: ``p2psynth node run``.
+
+One trio event loop runs, as children of one nursery:
+
+- the network service (libp2p host, announcement gossip, sync, anti-entropy);
+- the model keeper, which refits the global model in a worker thread when the
+  current releases change;
+- the status writer, which keeps ``status.json`` in the node folder current
+  for ``p2psynth status``;
+- the local HTTP API (``p2psynth.api``), unless disabled.
+
+Publishing measures the private table in a worker thread that opens its own
+connection to the store, debits the ledger there (the same path as
+``p2psynth measure``), and only then announces the release.
+
+Shutdown: SIGINT or SIGTERM ask every part to stop; the network closes within
+its ``shutdown_timeout_s`` and the whole daemon within ``shutdown_timeout_s``
+of this module. Logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from p2psynth.errors import ConfigError, P2PSynthError
+from p2psynth.members import load_members
+from p2psynth.modelkeeper import ModelKeeper
+from p2psynth.nodeconfig import NodeConfig, load_node_config
+from p2psynth.nodefolder import OpenNode, measure_and_publish, open_node, write_file_atomically
+from p2psynth.release import author_fingerprint, release_id
+from p2psynth.validation import ReleaseValidator
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE = "status.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DaemonOptions:
+    """Tuning of a daemon run; the defaults suit a production node."""
+
+    status_interval_s: float = 1.0
+    shutdown_timeout_s: float = 10.0
+    anti_entropy_min_interval_s: float = 5.0
+    anti_entropy_max_interval_s: float = 10.0
+    model_debounce_s: float = 0.5
+    serve_api: bool = True
+    network_seed: int | None = None
+
+
+class NodeDaemon:
+    """A running node: network, validation, store, model upkeep and API."""
+
+    def __init__(self, config: NodeConfig, *, options: DaemonOptions = DaemonOptions()) -> None:
+        from p2psynth.network import NetworkConfig, NetworkService
+        from p2psynth.schema import load_schema
+
+        self.config = config
+        self.options = options
+        if config.data.schema is None:
+            raise ConfigError(f"{config.path}: data.schema is not set; the daemon needs the network's schema")
+        if config.network.members_file is None:
+            raise ConfigError(f"{config.path}: network.members_file is not set")
+
+        self.schema = load_schema(config.data.schema)
+        self.members = load_members(config.network.members_file)
+        self.node: OpenNode = open_node(config.path)
+        self.public_key = self.node.key.public_key().public_bytes_raw()
+        if self.public_key not in self.members:
+            log.warning(
+                "this node's key %s is not in %s; peers will reject its releases",
+                author_fingerprint(self.public_key), config.network.members_file,
+            )
+
+        self.validator = ReleaseValidator(
+            store=self.node.store,
+            members=self.members,
+            schema_fingerprint=self.schema.fingerprint,
+            domain=self.schema.domain,
+            own_author=self.public_key,
+        )
+        self.models = ModelKeeper(
+            store=self.node.store,
+            domain=self.schema.domain,
+            schema_fingerprint=self.schema.fingerprint,
+            models_dir=config.folder / "models",
+            debounce_s=options.model_debounce_s,
+        )
+        self.network = NetworkService(
+            private_key=self.node.key,
+            config=NetworkConfig(
+                network_id=config.network.network_id,
+                schema_fingerprint=self.schema.fingerprint,
+                listen_addrs=config.network.listen,
+                bootstrap_addrs=config.network.bootstrap,
+                anti_entropy_min_interval_s=options.anti_entropy_min_interval_s,
+                anti_entropy_max_interval_s=options.anti_entropy_max_interval_s,
+                seed=options.network_seed,
+            ),
+            releases=self.node.store,
+            accept_release=self._accept_release,
+            on_announcement=self._wants_announcement,
+            is_member=lambda key: key in self.members,
+        )
+        self._stop = trio.Event()
+        # Serializes publishes: one measurement and ledger debit at a time.
+        self._publish_lock = trio.Lock()
+        self.started_at_ms = time.time_ns() // 1_000_000
+        self.publishes = 0
+
+    # Life cycle ------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until ``stop()``; ``task_status.started(self)`` once the network listens."""
+        try:
+            async with trio.open_nursery() as nursery:
+                network_done = trio.Event()
+
+                async def run_network(task_status: trio.TaskStatus) -> None:
+                    try:
+                        await self.network.run(task_status=task_status)
+                    finally:
+                        network_done.set()
+
+                await nursery.start(run_network)
+                await nursery.start(self.models.run)
+                nursery.start_soon(self._write_status_periodically)
+                if self.options.serve_api:
+                    from p2psynth.api import serve_api
+
+                    await nursery.start(serve_api, self)
+                log.info(
+                    "node %s started: peer %s, %d members, %d releases stored",
+                    self.config.name, self.network.peer_id, len(self.members), self.node.store.count_releases(),
+                )
+                self._write_status()
+                task_status.started(self)
+
+                await self._stop.wait()
+                log.info("node %s stopping", self.config.name)
+                self.network.stop()
+                with trio.move_on_after(self.options.shutdown_timeout_s):
+                    await network_done.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._write_status(running=False)
+            self.node.close()
+            log.info("node %s stopped", self.config.name)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # Callbacks of the network layer -----------------------------------------
+
+    def _accept_release(self, data: bytes, *, from_peer: str):
+        from p2psynth.network import ReleaseVerdict
+
+        outcome = self.validator.accept(data, from_peer=from_peer)
+        if outcome.accepted:
+            self.models.notify()
+            return ReleaseVerdict.ACCEPTED
+        if outcome.reason == "replay":
+            return ReleaseVerdict.DUPLICATE
+        if outcome.reason == "equivocation":
+            self.models.notify()  # the author's releases leave the model
+        return ReleaseVerdict.REJECTED
+
+    def _wants_announcement(self, announcement, *, from_peer: str) -> bool:
+        if announcement.author not in self.members:
+            return False
+        return not self.node.store.has_release(announcement.release_id)
+
+    # Publishing --------------------------------------------------------------
+
+    async def publish(self, *, epsilon: float | None = None) -> dict:
+        """Measure the private table, debit the ledger, store and announce a release."""
+        async with self._publish_lock:
+            published = await trio.to_thread.run_sync(self._publish_in_thread, epsilon)
+        rid = release_id(published.data)
+        self.network.announce_release(
+            release_id=rid, sequence=published.release.sequence, size_bytes=len(published.data)
+        )
+        self.publishes += 1
+        self.models.notify()
+        self._write_status()
+        log.info("announced release %s (sequence %d)", rid.hex()[:16], published.release.sequence)
+        return {
+            "release_id": rid.hex(),
+            "sequence": published.release.sequence,
+            "epoch": published.release.epoch,
+            "rho": published.release.rho,
+            "size_bytes": len(published.data),
+            "file": str(published.path),
+        }
+
+    def _publish_in_thread(self, epsilon: float | None):
+        # SQLite connections belong to one thread: open the node again here.
+        with open_node(self.config.path) as node:
+            return measure_and_publish(node, epsilon=epsilon)
+
+    # Status ----------------------------------------------------------------
+
+    def status(self, *, running: bool = True) -> dict:
+        store = self.node.store
+        latest = store.latest_sequences()
+        model = self.models.state
+        try:
+            budget = self.node.ledger.status()
+            budget_view = {
+                "lifetime_epsilon": budget.epsilon_limit,
+                "delta": budget.delta,
+                "releases": budget.releases,
+                "rho_spent": budget.rho_spent,
+                "rho_remaining": budget.rho_remaining,
+                "epsilon_spent": budget.epsilon_spent,
+                "error": None,
+            }
+        except P2PSynthError as exc:
+            budget_view = {"error": str(exc)}
+        return {
+            "running": running,
+            "pid": os.getpid(),
+            "node": self.config.name,
+            "public_key": self.public_key.hex(),
+            "fingerprint": author_fingerprint(self.public_key),
+            "peer_id": self.network.peer_id,
+            "addresses": self.network.addresses() if running else [],
+            "network_id": self.config.network.network_id,
+            "schema_fingerprint": self.schema.fingerprint,
+            "started_at_ms": self.started_at_ms,
+            "updated_at_ms": time.time_ns() // 1_000_000,
+            "peers": [
+                {"peer_id": p.peer_id, "member": self.members.name_of(p.public_key) if p.public_key else None}
+                for p in (self.network.peers() if running else [])
+            ],
+            "releases": {
+                "stored": store.count_releases(),
+                "latest_sequence_by_member": {
+                    self.members.name_of(author): sequence for author, sequence in sorted(latest.items())
+                },
+                "flagged_members": {
+                    self.members.name_of(author): reason for author, reason in store.flagged_authors().items()
+                },
+            },
+            "rejections": self.validator.rejections.snapshot(),
+            "network": self.network.statistics() if running else {},
+            "model": {
+                "model_id": model.model_id,
+                "releases": list(model.release_ids),
+                "fitted_at_ms": model.fitted_at_ms,
+                "fit_seconds": model.fit_seconds,
+                "error": model.error,
+                "provenance": getattr(model.model, "provenance", None),
+                "estimated_rows": getattr(model.model, "total", None),
+            },
+            "budget": budget_view,
+            "api": {"host": self.config.api.host, "port": getattr(self, "api_port", None)},
+        }
+
+    def _write_status(self, *, running: bool = True) -> None:
+        try:
+            text = json.dumps(self.status(running=running), indent=2, sort_keys=True, default=str)
+            write_file_atomically(self.config.folder / STATUS_FILE, text.encode())
+        except Exception:  # the status file is a convenience; never stop the node for it
+            log.exception("writing %s failed", STATUS_FILE)
+
+    async def _write_status_periodically(self) -> None:
+        while True:
+            await trio.sleep(self.options.status_interval_s)
+            self._write_status()
+
+
+def read_status(config_path: Path) -> dict:
+    """Return the status snapshot a running daemon keeps; raise ConfigError if none."""
+    config = load_node_config(config_path)
+    path = config.folder / STATUS_FILE
+    try:
+        status = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no status at {path}: the daemon has not run in this folder; start it with "
+            f"'p2psynth node run --config {config.path}'"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"status file {path} is unreadable: {exc}") from exc
+    status["process_alive"] = _process_alive(status.get("pid"))
+    if status.get("running") and not status["process_alive"]:
+        status["running"] = False
+    return status
+
+
+def run_daemon(config_path: Path, *, options: DaemonOptions = DaemonOptions()) -> int:
+    """Run the daemon in the foreground until SIGINT or SIGTERM; return the exit status."""
+    config = load_node_config(config_path)
+
+    async def main() -> None:
+        daemon = NodeDaemon(config, options=options)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signal, daemon)
+            await daemon.run()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    return 0
+
+
+async def _stop_on_signal(daemon: NodeDaemon) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s", signal.Signals(signum).name)
+            daemon.stop()
+            return
+
+
+def _process_alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
