@@ -13,6 +13,7 @@ carries a message that names the bad value and says what to do::
     │   └── BudgetExceededError   a release would spend more than the lifetime budget
     ├── ReleaseFormatError   release bytes fail strict decoding or verification
     ├── StoreError           the node's SQLite store cannot be used
+    ├── NetworkError         a network address, peer or message is invalid, or the network cannot start
     └── ModelError           a global model cannot be assembled or sampled
 
 Errors from libraries (sqlite3, msgpack, cryptography, pandas) are translated
@@ -58,6 +59,10 @@ class ReleaseFormatError(P2PSynthError):
 
 class StoreError(P2PSynthError):
     """The node's SQLite store cannot be opened or written."""
+
+
+class NetworkError(P2PSynthError):
+    """A network address, peer id or protocol message is invalid, or the network layer cannot start."""
 
 
 class ModelError(P2PSynthError):

@@ -1,0 +1,230 @@
+"""Gossip of release announcements over py-libp2p's Gossipsub.
+
+Each network has one topic, named from the network id and the schema
+fingerprint, so nodes of another network or another schema never mesh with
+ours. Only announcements (``announcement``) travel here, never bodies.
+
+Settings and why, for py-libp2p 0.8.1:
+
+- ``strict_signing``: libp2p signs every message with the publishing peer's
+  key and checks the signature before delivery. This is on top of the
+  author's signature inside the announcement, which survives relaying.
+- A 1 s heartbeat (the library default is 120 s, which delays mesh repair by
+  minutes) and ``adaptive_gossip_enabled=False``: the adaptive mode stretched
+  a 1 s heartbeat to 30 s in a sparse 5-node network.
+- The router drops more than ``max_messages_per_s_per_peer`` (library default
+  10) messages per second from one forwarder and topic, and each peer's
+  outbound queue holds 32 RPCs. Own announcements are therefore queued and
+  published at most one per ``publish_interval_s``; anything still lost is
+  recovered by the sync protocol's anti-entropy.
+- The topic validator is synchronous and guarded: an exception escaping a
+  validator ends the whole process in this version, so every failure becomes
+  a rejection that is counted.
+- Pubsub must be running before the host accepts connections: a pubsub
+  stream that arrives earlier raises AttributeError inside the library and
+  ends the process, and the library's connect notification blocks until the
+  pubsub service reads it. ``running()`` is therefore entered before
+  ``host.run``.
+- A publisher receives its own messages; the receive loop skips them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import trio
+from libp2p.abc import IHost
+from libp2p.peer.id import ID
+from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.tools.anyio_service import background_trio_service
+
+from p2psynth.errors import NetworkError
+from p2psynth.network.announcement import (
+    MAX_ANNOUNCEMENT_BYTES,
+    MAX_RELEASE_BYTES,
+    Announcement,
+    AnnouncementError,
+    decode_announcement,
+)
+from p2psynth.network.stats import NetworkStatistics
+
+logger = logging.getLogger(__name__)
+
+_NETWORK_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_FINGERPRINT_PATTERN = re.compile(r"[0-9a-f]{16,}")
+
+# Called for every valid announcement from another node, with the peer id of
+# the node that published it (not the relay it came through). Must not block.
+AnnouncementHandler = Callable[[Announcement, ID], None]
+
+
+def announcement_topic(network_id: str, schema_fingerprint: str) -> str:
+    """Return the gossip topic of a network: ``/p2psynth/<network id>/<fingerprint[:16]>/announce/1``."""
+    if not isinstance(network_id, str) or not _NETWORK_ID_PATTERN.fullmatch(network_id):
+        raise NetworkError(
+            f"invalid network id {network_id!r}: use 1 to 64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    if not isinstance(schema_fingerprint, str) or not _FINGERPRINT_PATTERN.fullmatch(schema_fingerprint):
+        raise NetworkError(
+            f"invalid schema fingerprint {schema_fingerprint!r:.80}: expected lowercase hex of at least "
+            "16 characters (Schema.fingerprint)"
+        )
+    return f"/p2psynth/{network_id}/{schema_fingerprint[:16]}/announce/1"
+
+
+@dataclass(frozen=True, kw_only=True)
+class GossipConfig:
+    """Gossipsub parameters of a p2psynth node."""
+
+    heartbeat_s: float = 1.0
+    mesh_degree: int = 6
+    mesh_degree_low: int = 4
+    mesh_degree_high: int = 12
+    max_messages_per_s_per_peer: float = 10.0
+    # Own announcements: 4 per second leaves room under the per-forwarder cap.
+    publish_interval_s: float = 0.25
+    publish_queue_size: int = 256
+    max_release_bytes: int = MAX_RELEASE_BYTES
+
+    def __post_init__(self) -> None:
+        if not self.heartbeat_s > 0 or not self.publish_interval_s >= 0 or self.publish_queue_size < 1:
+            raise NetworkError(
+                f"invalid gossip timing: heartbeat_s={self.heartbeat_s!r}, "
+                f"publish_interval_s={self.publish_interval_s!r}, publish_queue_size={self.publish_queue_size!r}"
+            )
+        if not 1 <= self.mesh_degree_low <= self.mesh_degree <= self.mesh_degree_high:
+            raise NetworkError(
+                "mesh degrees must satisfy 1 <= low <= degree <= high, got "
+                f"{self.mesh_degree_low}, {self.mesh_degree}, {self.mesh_degree_high}"
+            )
+
+
+class AnnouncementGossip:
+    """Publishes own announcements and validates and delivers everyone else's."""
+
+    def __init__(
+        self,
+        host: IHost,
+        *,
+        topic: str,
+        statistics: NetworkStatistics,
+        on_announcement: AnnouncementHandler,
+        config: GossipConfig = GossipConfig(),
+        is_member: Callable[[bytes], bool] | None = None,
+    ) -> None:
+        self.topic = topic
+        self._host = host
+        self._statistics = statistics
+        self._on_announcement = on_announcement
+        self._config = config
+        self._is_member = is_member
+        self.router = GossipSub(
+            protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID],
+            degree=config.mesh_degree,
+            degree_low=config.mesh_degree_low,
+            degree_high=config.mesh_degree_high,
+            heartbeat_interval=config.heartbeat_s,
+            adaptive_gossip_enabled=False,
+            max_messages_per_topic_per_second=config.max_messages_per_s_per_peer,
+        )
+        # Constructing Pubsub registers its stream handlers and connect notifee on the host.
+        self.pubsub = Pubsub(host, self.router, strict_signing=True, allowed_topics={topic})
+        # Announcements waiting for their publish slot; bounded by publish_queue_size.
+        self._publish_send, self._publish_receive = trio.open_memory_channel[bytes](config.publish_queue_size)
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator["AnnouncementGossip"]:
+        """Run pubsub, the router and the publish and receive loops for the duration of the block."""
+        async with background_trio_service(self.pubsub), background_trio_service(self.router):
+            with trio.fail_after(10):
+                await self.pubsub.wait_until_ready()
+            self.pubsub.set_topic_validator(self.topic, self.validate, is_async_validator=False)
+            subscription = await self.pubsub.subscribe(self.topic)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._publish_loop)
+                nursery.start_soon(self._receive_loop, subscription)
+                try:
+                    yield self
+                finally:
+                    nursery.cancel_scope.cancel()
+
+    def publish(self, data: bytes) -> None:
+        """Queue signed announcement bytes for publishing.
+
+        Raises AnnouncementError if the bytes do not decode and verify, and
+        NetworkError when the queue is full (the release still spreads by
+        anti-entropy; retry later or raise ``publish_queue_size``).
+        """
+        decode_announcement(data, max_release_bytes=self._config.max_release_bytes)
+        try:
+            self._publish_send.send_nowait(bytes(data))
+        except trio.WouldBlock:
+            self._statistics.count_gossip("publish_queue_full")
+            raise NetworkError(
+                f"announcement queue is full ({self._config.publish_queue_size} waiting); "
+                "peers will still get the release by anti-entropy"
+            ) from None
+        self._statistics.count_gossip("queued")
+
+    def mesh_peers(self) -> set[ID]:
+        """Return the peers in our mesh for the announcement topic."""
+        return set(self.router.mesh.get(self.topic, set()))
+
+    def validate(self, forwarder: ID, message: rpc_pb2.Message) -> bool:
+        """Topic validator: accept only a well-formed announcement signed by a member; never raises."""
+        try:
+            return self._check(forwarder, message)
+        except Exception as exc:  # a validator exception would end the process
+            self._statistics.count_gossip("rejected:validator_error", str(forwarder), f"{type(exc).__name__}: {exc}")
+            logger.error("announcement validator failed on a message from peer %s", forwarder, exc_info=exc)
+            return False
+
+    def _check(self, forwarder: ID, message: rpc_pb2.Message) -> bool:
+        data = message.data
+        if len(data) > MAX_ANNOUNCEMENT_BYTES:
+            self._statistics.count_gossip("rejected:oversized", str(forwarder), f"{len(data)} bytes")
+            return False
+        try:
+            announcement = decode_announcement(data, max_release_bytes=self._config.max_release_bytes)
+        except AnnouncementError as exc:
+            self._statistics.count_gossip(f"rejected:{exc.reason}", str(forwarder), str(exc))
+            return False
+        if self._is_member is not None and not self._is_member(announcement.author):
+            self._statistics.count_gossip(
+                "rejected:not_member", str(forwarder), f"author {announcement.author.hex()[:16]}"
+            )
+            return False
+        self._statistics.count_gossip("validated")
+        return True
+
+    async def _publish_loop(self) -> None:
+        my_id = self._host.get_id()
+        async for data in self._publish_receive:
+            try:
+                await self.pubsub.publish(self.topic, data)
+                self._statistics.count_gossip("published")
+            except Exception as exc:  # the library raises many types; publishing is best effort
+                self._statistics.count_gossip("publish_failed", str(my_id), f"{type(exc).__name__}: {exc}")
+                logger.warning("publishing an announcement failed: %s: %s", type(exc).__name__, exc)
+            await trio.sleep(self._config.publish_interval_s)
+
+    async def _receive_loop(self, subscription) -> None:
+        my_id = self._host.get_id()
+        async for message in subscription:
+            try:
+                origin = ID(message.from_id)
+                if origin == my_id:
+                    continue
+                announcement = decode_announcement(message.data, max_release_bytes=self._config.max_release_bytes)
+                self._statistics.count_gossip("received")
+                self._on_announcement(announcement, origin)
+            except Exception as exc:  # the validator passed it, so this is a bug in a callback
+                self._statistics.count_gossip("delivery_failed")
+                logger.error("handling an announcement failed", exc_info=exc)

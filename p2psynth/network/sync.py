@@ -1,0 +1,508 @@
+"""The sync protocol ``/p2psynth/sync/1.0.0``: pull releases from one peer.
+
+Gossip is lossy (py-libp2p 0.8.1 drops messages past a 32-slot queue per peer
+and past 10 messages per second per peer and topic, and a node that was down
+misses everything), so every node reconciles with its peers over this
+request/response protocol. Anti-entropy in the style of Demers et al., "Epidemic
+algorithms for replicated database maintenance" (PODC 1987): the initiator
+sends its latest sequence per author (HAVE), the responder returns its own
+map, and the initiator pulls what it lacks in batches (GET_AFTER). A GET by
+release id serves the pull that follows a gossip announcement. The frame and
+message formats are in ``wire``.
+
+One stream carries a session of several requests, which saves a
+multistream-select round trip per request. Every limit is in ``SyncLimits``:
+frame sizes, batch sizes, timeouts, concurrent streams. No input from a peer
+can end the process: the stream handler catches every exception, resets the
+stream and counts the reason in ``NetworkStatistics`` (inbound reasons are
+prefixed ``inbound:``, failures of our own requests ``outbound:``).
+
+The layer never decodes a release. Bodies go to the node's ``accept_release``
+callback, which validates, stores and returns a ``ReleaseVerdict``; progress
+through an author's history is read back from ``ReleaseSource``, so a body the
+node rejects does not advance the pull.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import inspect
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+from libp2p.abc import IHost, INetStream
+from libp2p.custom_types import TProtocol
+from libp2p.exceptions import BaseLibp2pError
+from libp2p.peer.id import ID
+
+from p2psynth.errors import NetworkError
+from p2psynth.network.host import public_key_from_peer_id
+from p2psynth.network.stats import NetworkStatistics
+from p2psynth.network.wire import (
+    EndOfStream,
+    GetAfterRequest,
+    GetRequest,
+    HaveRequest,
+    Request,
+    SyncProtocolError,
+    decode_have_response,
+    decode_releases_response,
+    decode_request,
+    encode_error_response,
+    encode_have_response,
+    encode_releases_response,
+    encode_request,
+    read_frame,
+    write_frame,
+)
+
+logger = logging.getLogger(__name__)
+
+SYNC_PROTOCOL_ID = TProtocol("/p2psynth/sync/1.0.0")
+
+MiB = 1024 * 1024
+
+
+class ReleaseSource(Protocol):
+    """What the sync layer reads from the node's store (``p2psynth.store.Store`` fits)."""
+
+    def latest_sequences(self) -> dict[bytes, int]: ...
+
+    def releases_after(self, author: bytes, sequence: int, *, limit: int) -> list[bytes]: ...
+
+    def get_release(self, release_id: bytes) -> bytes | None: ...
+
+
+class ReleaseVerdict(str, enum.Enum):
+    """The node's verdict on a release body received from a peer."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+
+
+# accept_release(data, *, from_peer=peer id string) -> verdict, plain or async.
+AcceptRelease = Callable[..., "ReleaseVerdict | Awaitable[ReleaseVerdict]"]
+IsMember = Callable[[bytes], bool]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SyncLimits:
+    """Bounds of the sync protocol; defaults suit releases of up to 16 MiB."""
+
+    max_request_bytes: int = 64 * 1024
+    max_release_bytes: int = 16 * MiB
+    # A response holds at most this many releases, and stops adding releases
+    # past max_batch_bytes (one release larger than that still goes alone).
+    max_batch_releases: int = 16
+    max_batch_bytes: int = 8 * MiB
+    max_get_ids: int = 64
+    # 1024 authors make a HAVE map of about 46 KB, under max_request_bytes.
+    max_authors: int = 1024
+    # Initiator: one request and its response. Responder: wait for the next request.
+    request_timeout_s: float = 30.0
+    read_timeout_s: float = 10.0
+    # Whole outbound session (HAVE plus every batch), and its request count.
+    session_timeout_s: float = 120.0
+    max_requests_per_session: int = 64
+    max_inbound_streams: int = 32
+    max_inbound_streams_per_peer: int = 4
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if not value > 0:
+                raise NetworkError(f"sync limit {name} must be positive, got {value!r}")
+
+    @property
+    def max_response_bytes(self) -> int:
+        """Largest response frame accepted: a full batch or one maximal release, plus msgpack overhead."""
+        return max(self.max_batch_bytes, self.max_release_bytes) + 64 * 1024
+
+
+@dataclass(frozen=True)
+class PullPlan:
+    """One author whose history a peer holds further than we do."""
+
+    author: bytes
+    local_sequence: int
+    remote_sequence: int
+
+
+@dataclass
+class PullResult:
+    """What one pull brought: verdict counts, and the ids of bodies accepted or already held."""
+
+    verdicts: Counter[str] = field(default_factory=Counter)
+    received_ids: set[bytes] = field(default_factory=set)
+    requests: int = 0
+
+    @property
+    def accepted(self) -> int:
+        return self.verdicts[ReleaseVerdict.ACCEPTED.value]
+
+
+def content_id(data: bytes) -> bytes:
+    """Return the release id of release bytes: SHA-256, as ``p2psynth.release.release_id``."""
+    return hashlib.sha256(data).digest()
+
+
+def plan_pulls(
+    local: Mapping[bytes, int], remote: Mapping[bytes, int], *, is_member: IsMember | None = None
+) -> list[PullPlan]:
+    """List the authors for which ``remote`` is ahead of ``local``, largest gap first.
+
+    Authors rejected by ``is_member`` are skipped. Ties break on the author
+    key so that the order is deterministic.
+    """
+    plans = [
+        PullPlan(author, local.get(author, 0), sequence)
+        for author, sequence in remote.items()
+        if sequence > local.get(author, 0) and (is_member is None or is_member(author))
+    ]
+    plans.sort(key=lambda plan: (plan.local_sequence - plan.remote_sequence, plan.author))
+    return plans
+
+
+class SyncProtocol:
+    """Responder and initiator of the sync protocol on one host."""
+
+    def __init__(
+        self,
+        host: IHost,
+        *,
+        releases: ReleaseSource,
+        accept_release: AcceptRelease,
+        statistics: NetworkStatistics,
+        limits: SyncLimits = SyncLimits(),
+        is_member: IsMember | None = None,
+        on_peer_ahead: Callable[[ID], None] | None = None,
+    ) -> None:
+        self._host = host
+        self._releases = releases
+        self._accept_release = accept_release
+        self._statistics = statistics
+        self.limits = limits
+        self._is_member = is_member
+        # Called (synchronously) when a HAVE request shows the peer holds releases we lack.
+        self._on_peer_ahead = on_peer_ahead
+        # Open inbound streams, in total and per peer id string; bounded by the limits.
+        self._inbound_streams = 0
+        self._inbound_by_peer: Counter[str] = Counter()
+
+    def install(self) -> None:
+        """Register the stream handler on the host."""
+        self._host.set_stream_handler(SYNC_PROTOCOL_ID, self.handle_stream)
+
+    # Responder ---------------------------------------------------------------
+
+    async def handle_stream(self, stream: INetStream) -> None:
+        """Serve one inbound session; never raises (except trio's cancellation)."""
+        peer = "<unknown>"
+        try:
+            peer_id = stream.muxed_conn.peer_id
+            peer = str(peer_id)
+            refusal = self._admission_refusal(peer_id)
+            if refusal is not None:
+                self._statistics.count_error(peer, f"inbound:{refusal}")
+                await _send_refusal(stream, refusal)
+                return
+            await self._serve_admitted(stream, peer_id)
+        except Exception as exc:  # last guard: an exception here would end the process
+            self._statistics.count_error(peer, "inbound:internal", f"{type(exc).__name__}: {exc}")
+            logger.error("sync handler failed on a stream from peer %s", peer, exc_info=exc)
+            await _reset_quietly(stream)
+
+    async def _serve_admitted(self, stream: INetStream, peer_id: ID) -> None:
+        peer = str(peer_id)
+        self._inbound_streams += 1
+        self._inbound_by_peer[peer] += 1
+        try:
+            await self._serve_session(stream, peer_id)
+            await _close_quietly(stream)
+        except EndOfStream:
+            await _close_quietly(stream)
+        except SyncProtocolError as exc:
+            self._statistics.count_error(peer, f"inbound:{exc.reason}", str(exc))
+            await _reset_quietly(stream)
+        except (BaseLibp2pError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._statistics.count_error(peer, "inbound:stream_error", f"{type(exc).__name__}: {exc}")
+            await _reset_quietly(stream)
+        finally:
+            self._inbound_streams -= 1
+            self._inbound_by_peer[peer] -= 1
+            if self._inbound_by_peer[peer] <= 0:
+                del self._inbound_by_peer[peer]
+
+    def _admission_refusal(self, peer_id: ID) -> str | None:
+        if self._is_member is not None:
+            try:
+                member = self._is_member(public_key_from_peer_id(peer_id))
+            except NetworkError:
+                member = False
+            if not member:
+                return "not_member"
+        if self._inbound_streams >= self.limits.max_inbound_streams:
+            return "busy"
+        if self._inbound_by_peer[str(peer_id)] >= self.limits.max_inbound_streams_per_peer:
+            return "busy"
+        return None
+
+    async def _serve_session(self, stream: INetStream, peer_id: ID) -> None:
+        peer = str(peer_id)
+        for _ in range(self.limits.max_requests_per_session):
+            body = b""
+            with trio.move_on_after(self.limits.read_timeout_s) as waiting:
+                body = await read_frame(stream, max_bytes=self.limits.max_request_bytes)
+            if waiting.cancelled_caught:
+                raise SyncProtocolError("timeout", f"no request within {self.limits.read_timeout_s} s")
+            self._statistics.count_received(peer, len(body) + 4)
+
+            request = decode_request(body, max_ids=self.limits.max_get_ids, max_authors=self.limits.max_authors)
+            response = self._respond(request, peer_id)
+            with trio.fail_after(self.limits.request_timeout_s):
+                sent = await write_frame(stream, response)
+            self._statistics.count_sent(peer, sent)
+        raise SyncProtocolError(
+            "too_many_requests", f"session exceeded {self.limits.max_requests_per_session} requests"
+        )
+
+    def _respond(self, request: Request, peer_id: ID) -> bytes:
+        # NOTE: the store is read synchronously on the event loop; a batch of
+        # 8 MiB from SQLite takes milliseconds, so a thread was not worth it.
+        if isinstance(request, HaveRequest):
+            latest = self._releases.latest_sequences()
+            if self._on_peer_ahead is not None and plan_pulls(latest, request.latest, is_member=self._is_member):
+                self._on_peer_ahead(peer_id)
+            if len(latest) > self.limits.max_authors:
+                # NOTE: a network with more authors than max_authors syncs only the first ones by key.
+                latest = dict(sorted(latest.items())[: self.limits.max_authors])
+            return encode_have_response(latest)
+
+        if isinstance(request, GetAfterRequest):
+            limit = min(request.limit, self.limits.max_batch_releases)
+            bodies = self._releases.releases_after(request.author, request.after, limit=limit)
+            batch = self._fill_batch(bodies)
+            return encode_releases_response(batch, more=len(batch) < len(bodies) or len(bodies) == limit)
+
+        if isinstance(request, GetRequest):
+            bodies = []
+            for release_id in request.release_ids[: self.limits.max_batch_releases]:
+                data = self._releases.get_release(release_id)
+                if data is not None:
+                    bodies.append(data)
+            batch = self._fill_batch(bodies)
+            return encode_releases_response(batch, more=len(batch) < len(request.release_ids))
+        raise TypeError(f"unhandled sync request {request!r}")
+
+    def _fill_batch(self, bodies: list[bytes]) -> list[bytes]:
+        batch: list[bytes] = []
+        total = 0
+        for data in bodies:
+            if len(data) > self.limits.max_release_bytes:
+                logger.error("stored release of %d bytes is over the sync limit; not sent", len(data))
+                continue
+            if batch and total + len(data) > self.limits.max_batch_bytes:
+                break
+            batch.append(data)
+            total += len(data)
+        return batch
+
+    # Initiator ---------------------------------------------------------------
+
+    async def pull_missing(self, peer_id: ID) -> PullResult:
+        """Exchange HAVE maps with ``peer_id`` and pull every release it holds beyond ours.
+
+        Bounded by ``session_timeout_s`` and ``max_requests_per_session``;
+        whatever is left is pulled in a later round. Raises SyncProtocolError
+        (already counted) when the session fails.
+        """
+        result = PullResult()
+        with trio.move_on_after(self.limits.session_timeout_s) as deadline:
+            async with self._session(peer_id) as session:
+                local = self._releases.latest_sequences()
+                remote = await session.have(local)
+                result.requests += 1
+                for plan in plan_pulls(local, remote, is_member=self._is_member):
+                    if not await self._pull_author(session, plan, result):
+                        break
+        if deadline.cancelled_caught:
+            self._statistics.count_error(str(peer_id), "outbound:session_timeout")
+        return result
+
+    async def _pull_author(self, session: "_Session", plan: PullPlan, result: PullResult) -> bool:
+        """Pull one author's releases after ours; return False once the session's request budget is spent."""
+        after = plan.local_sequence
+        while after < plan.remote_sequence:
+            if result.requests >= self.limits.max_requests_per_session:
+                return False
+            response = await session.get_after(plan.author, after)
+            result.requests += 1
+            for data in response.releases:
+                await self._deliver(data, session.peer, result)
+
+            # Progress is what the node stored, so rejected bodies cannot loop us.
+            stored = self._releases.latest_sequences().get(plan.author, 0)
+            if not response.releases or stored <= after:
+                break
+            after = stored
+        return True
+
+    async def fetch(self, peer_id: ID, release_ids: Iterable[bytes]) -> PullResult:
+        """Ask ``peer_id`` for releases by id and hand each body returned to the node.
+
+        Ids the peer does not hold are skipped. Bodies whose SHA-256 is not
+        among the ids asked for are dropped and counted. Raises
+        SyncProtocolError (already counted) when the session fails.
+        """
+        pending = list(dict.fromkeys(release_ids))
+        result = PullResult()
+        with trio.move_on_after(self.limits.session_timeout_s) as deadline:
+            async with self._session(peer_id) as session:
+                while pending and result.requests < self.limits.max_requests_per_session:
+                    chunk = pending[: self.limits.max_get_ids]
+                    response = await session.get(chunk)
+                    result.requests += 1
+                    received = set()
+                    for data in response.releases:
+                        release_id = content_id(data)
+                        if release_id not in chunk:
+                            self._statistics.count_error(session.peer, "outbound:unexpected_release")
+                            continue
+                        received.add(release_id)
+                        await self._deliver(data, session.peer, result)
+
+                    # "more" means a batch limit cut the response short: ask again for the rest.
+                    if response.more and received:
+                        pending = [release_id for release_id in pending if release_id not in received]
+                    else:
+                        pending = pending[len(chunk) :]
+        if deadline.cancelled_caught:
+            self._statistics.count_error(str(peer_id), "outbound:session_timeout")
+        return result
+
+    async def _deliver(self, data: bytes, peer: str, result: PullResult) -> None:
+        verdict = await self.accept(data, from_peer=peer)
+        result.verdicts[verdict.value] += 1
+        if verdict is not ReleaseVerdict.REJECTED:
+            result.received_ids.add(content_id(data))
+
+    async def accept(self, data: bytes, *, from_peer: str) -> ReleaseVerdict:
+        """Hand a body to the node's callback; a failing callback counts as a rejection."""
+        try:
+            verdict = self._accept_release(data, from_peer=from_peer)
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+            verdict = ReleaseVerdict(verdict)
+        except Exception:
+            logger.exception("accept_release failed on a release from peer %s; counted as rejected", from_peer)
+            verdict = ReleaseVerdict.REJECTED
+        self._statistics.count_release(verdict.value, from_peer)
+        return verdict
+
+    def _session(self, peer_id: ID) -> "_Session":
+        return _Session(self._host, peer_id, self.limits, self._statistics)
+
+
+class _Session:
+    """One outbound stream with a sequence of requests; counts failures by reason."""
+
+    def __init__(self, host: IHost, peer_id: ID, limits: SyncLimits, statistics: NetworkStatistics) -> None:
+        self._host = host
+        self.peer_id = peer_id
+        self.peer = str(peer_id)
+        self._limits = limits
+        self._statistics = statistics
+        self._stream: INetStream | None = None
+
+    async def __aenter__(self) -> "_Session":
+        try:
+            with trio.fail_after(self._limits.request_timeout_s):
+                self._stream = await self._host.new_stream(self.peer_id, [SYNC_PROTOCOL_ID])
+        except trio.TooSlowError:
+            raise self._failure("open_timeout", "opening a sync stream timed out") from None
+        except Exception as exc:  # swarm, muxer and negotiation errors share no base class
+            raise self._failure("open_failed", f"cannot open a sync stream: {type(exc).__name__}: {exc}") from exc
+        return self
+
+    async def __aexit__(self, exc_type: object, exc: object, traceback: object) -> None:
+        if self._stream is None:
+            return
+        if exc_type is None:
+            await _close_quietly(self._stream)
+        else:
+            await _reset_quietly(self._stream)
+        # Failures of __aenter__ never reach here; they are counted in _failure.
+        if isinstance(exc, SyncProtocolError):
+            self._statistics.count_error(self.peer, f"outbound:{exc.reason}", str(exc))
+        elif isinstance(exc, Exception):
+            self._statistics.count_error(self.peer, "outbound:stream_error", f"{type(exc).__name__}: {exc}")
+
+    async def have(self, latest: dict[bytes, int]) -> dict[bytes, int]:
+        body = await self._exchange(HaveRequest(latest))
+        return decode_have_response(body, max_authors=self._limits.max_authors)
+
+    async def get_after(self, author: bytes, after: int):
+        body = await self._exchange(GetAfterRequest(author, after, self._limits.max_batch_releases))
+        return decode_releases_response(
+            body, max_releases=self._limits.max_batch_releases, max_release_bytes=self._limits.max_release_bytes
+        )
+
+    async def get(self, release_ids: list[bytes]):
+        body = await self._exchange(GetRequest(tuple(release_ids)))
+        return decode_releases_response(
+            body, max_releases=len(release_ids), max_release_bytes=self._limits.max_release_bytes
+        )
+
+    async def _exchange(self, request: Request) -> bytes:
+        assert self._stream is not None
+        body = encode_request(request)
+        if len(body) > self._limits.max_request_bytes:
+            raise SyncProtocolError("request_too_large", f"request of {len(body)} bytes is over the limit")
+        try:
+            with trio.fail_after(self._limits.request_timeout_s):
+                sent = await write_frame(self._stream, body)
+                self._statistics.count_sent(self.peer, sent)
+                response = await read_frame(self._stream, max_bytes=self._limits.max_response_bytes)
+        except trio.TooSlowError:
+            raise SyncProtocolError("timeout", f"no response within {self._limits.request_timeout_s} s") from None
+        except EndOfStream:
+            raise SyncProtocolError("truncated", "peer closed the stream instead of responding") from None
+        except (BaseLibp2pError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise SyncProtocolError("stream_error", f"{type(exc).__name__}: {exc}") from exc
+        self._statistics.count_received(self.peer, len(response) + 4)
+        return response
+
+    def _failure(self, reason: str, message: str) -> SyncProtocolError:
+        self._statistics.count_error(self.peer, f"outbound:{reason}", message)
+        return SyncProtocolError(reason, f"{message} (peer {self.peer})")
+
+
+async def _send_refusal(stream: INetStream, reason: str) -> None:
+    """Answer a refused stream with an error frame, then close it; bounded to one second."""
+    with trio.move_on_after(1.0):
+        try:
+            await write_frame(stream, encode_error_response(reason))
+        except Exception:  # the peer may be gone already; the refusal is counted either way
+            pass
+    await _close_quietly(stream)
+
+
+async def _close_quietly(stream: INetStream) -> None:
+    with trio.move_on_after(1.0):
+        try:
+            await stream.close()
+        except Exception:  # closing a stream the peer reset raises; nothing to do then
+            pass
+
+
+async def _reset_quietly(stream: INetStream) -> None:
+    with trio.move_on_after(1.0):
+        try:
+            await stream.reset()
+        except Exception:  # resetting a dead stream raises; nothing to do then
+            pass

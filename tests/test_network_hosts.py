@@ -1,0 +1,309 @@
+"""Real libp2p hosts in one process on 127.0.0.1: gossip, pulls, anti-entropy, security.
+
+Rules for these tests: every socket listens on 127.0.0.1 with an OS-chosen
+port; every wait is on a condition under a trio.fail_after deadline; every
+service is stopped before the test returns. Releases are real signed
+releases from tests/releasefactory.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import multiaddr
+import pytest
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from libp2p import new_host
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
+from releasefactory import FINGERPRINT, fixed_key, make_release
+
+from p2psynth.errors import NetworkError
+from p2psynth.network import GossipConfig, NetworkConfig, NetworkService, ReleaseVerdict, SyncLimits
+from p2psynth.network.host import libp2p_key_pair, muxer_options
+from p2psynth.network.memory import MemoryReleases
+from p2psynth.release import decode_release, release_id
+from p2psynth.store import Store
+
+NETWORK_ID = "test-net"
+DEADLINE_S = 20
+
+
+@dataclass
+class Node:
+    """A running NetworkService with its in-memory releases and key."""
+
+    service: NetworkService
+    releases: MemoryReleases
+    key: Ed25519PrivateKey
+    published: list[bytes] = field(default_factory=list)
+
+    def publish(self, *, seed: int = 0) -> bytes:
+        """Store a new own release and announce it; return its bytes."""
+        data, release = make_release(self.key, sequence=len(self.published) + 1, seed=seed)
+        assert self.releases.accept(data) is ReleaseVerdict.ACCEPTED
+        self.service.announce_release(release_id=release_id(data), sequence=release.sequence, size_bytes=len(data))
+        self.published.append(data)
+        return data
+
+
+def make_config(**overrides) -> NetworkConfig:
+    """Test configuration: fast dial retries, and periodic anti-entropy rare unless a test asks."""
+    settings = dict(
+        network_id=NETWORK_ID,
+        schema_fingerprint=FINGERPRINT,
+        seed=7,
+        anti_entropy_min_interval_s=60.0,
+        anti_entropy_max_interval_s=60.0,
+        dial_initial_delay_s=0.05,
+        dial_attempts=3,
+        shutdown_timeout_s=3.0,
+    )
+    settings.update(overrides)
+    return NetworkConfig(**settings)
+
+
+async def start_node(nursery: trio.Nursery, index: int, *, bootstrap: tuple[str, ...] = (), **overrides) -> Node:
+    key = fixed_key(index)
+    releases = MemoryReleases()
+    service = NetworkService(
+        private_key=key,
+        config=make_config(bootstrap_addrs=bootstrap, **overrides),
+        releases=releases,
+        accept_release=releases.accept,
+    )
+    await nursery.start(service.run)
+    return Node(service, releases, key)
+
+
+async def wait_until(condition, *, deadline_s: float = DEADLINE_S) -> None:
+    """Poll ``condition`` every 10 ms until it holds; fail the test after ``deadline_s``."""
+    with trio.fail_after(deadline_s):
+        while not condition():
+            await trio.sleep(0.01)
+
+
+async def wait_for_releases(node: Node, datas: list[bytes]) -> None:
+    ids = [release_id(data) for data in datas]
+    with trio.fail_after(DEADLINE_S):
+        await node.releases.wait_for(lambda releases: all(i in releases for i in ids))
+
+
+def stop_all(*nodes: Node) -> None:
+    for node in nodes:
+        node.service.stop()
+
+
+def gossip_count(node: Node, event: str) -> int:
+    return node.service.statistics()["gossip"].get(event, 0)
+
+
+def peer_statistics(node: Node, other: Node) -> dict:
+    return node.service.statistics()["peers"].get(other.service.peer_id, {})
+
+
+def test_two_hosts_announce_and_pull():
+    async def main():
+        async with trio.open_nursery() as nursery:
+            a = await start_node(nursery, 1)
+            b = await start_node(nursery, 2, bootstrap=tuple(a.service.addresses()))
+            await wait_until(lambda: a.service.gossip.mesh_peers() and b.service.gossip.mesh_peers())
+
+            first = a.publish(seed=1)
+            await wait_for_releases(b, [first])
+            second = b.publish(seed=2)
+            await wait_for_releases(a, [second])
+
+            # The pull counts itself after the body is stored, so wait for the count.
+            await wait_until(lambda: gossip_count(a, "pulled") == 1 and gossip_count(b, "pulled") == 1)
+            assert peer_statistics(b, a)["releases"] == {"accepted": 1}
+            assert peer_statistics(a, b)["bytes_sent"] >= len(first)
+            assert peer_statistics(b, a)["bytes_sent"] >= len(second)
+            assert a.service.statistics()["total"]["errors"] == {}
+            assert b.service.statistics()["total"]["errors"] == {}
+            stop_all(a, b)
+
+    trio.run(main)
+
+
+def test_four_hosts_in_a_line_relay_and_pull():
+    async def main():
+        async with trio.open_nursery() as nursery:
+            nodes = [await start_node(nursery, 1)]
+            for index in (2, 3, 4):
+                nodes.append(await start_node(nursery, index, bootstrap=tuple(nodes[-1].service.addresses())))
+            await wait_until(
+                lambda: all(len(n.service.gossip.mesh_peers()) == (1 if i in (0, 3) else 2) for i, n in enumerate(nodes))
+            )
+
+            first, last = nodes[0], nodes[3]
+            from_first = first.publish(seed=1)
+            from_last = last.publish(seed=2)
+            for node in nodes:
+                await wait_for_releases(node, [from_first, from_last])
+
+            # The ends are not connected, so the far end pulled from a relay.
+            assert last.service.peer_id not in {p.peer_id for p in first.service.peers()}
+            await wait_until(lambda: gossip_count(last, "pulled") == 1)
+            assert peer_statistics(last, nodes[2])["releases"]["accepted"] == 1
+            for node in nodes:
+                assert len(node.releases) == 2
+            stop_all(*nodes)
+
+    trio.run(main)
+
+
+def test_late_joiner_catches_up_from_store(tmp_path):
+    """A node joining after the releases were published pulls them all, in batches, with no new publish."""
+    authors = [fixed_key(index) for index in (11, 12, 13)]
+    datas = [make_release(key, sequence=s, seed=s)[0] for key in authors for s in range(1, 7)]
+
+    async def main():
+        key = fixed_key(1)
+        store = Store.create(tmp_path / "node.sqlite", node_public_key=key.public_key().public_bytes_raw())
+
+        def accept(data: bytes, *, from_peer: str) -> ReleaseVerdict:
+            release = decode_release(data)
+            new = store.add_release(data, release, own=False, source_peer=from_peer)
+            return ReleaseVerdict.ACCEPTED if new else ReleaseVerdict.DUPLICATE
+
+        for data in datas:
+            assert accept(data, from_peer="local") is ReleaseVerdict.ACCEPTED
+        limits = SyncLimits(max_batch_releases=4)
+        holder = NetworkService(
+            private_key=key,
+            config=make_config(sync=limits),
+            releases=store,
+            accept_release=accept,
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(holder.run)
+            joiner = await start_node(nursery, 2, bootstrap=tuple(holder.addresses()), sync=limits)
+            await wait_for_releases(joiner, datas)
+
+            statistics = joiner.service.statistics()
+            assert statistics["gossip"].get("received", 0) == 0
+            # One HAVE, then two batches of at most 4 for each author's 6 releases.
+            assert statistics["peers"][holder.peer_id]["frames_sent"] >= 7
+            assert statistics["peers"][holder.peer_id]["releases"] == {"accepted": 18}
+            assert joiner.releases.latest_sequences() == store.latest_sequences()
+            holder.stop()
+            joiner.service.stop()
+        store.close()
+
+    trio.run(main)
+
+
+def test_periodic_anti_entropy_repairs_without_gossip():
+    async def main():
+        async with trio.open_nursery() as nursery:
+            fast = dict(anti_entropy_min_interval_s=0.2, anti_entropy_max_interval_s=0.4)
+            a = await start_node(nursery, 1, **fast)
+            b = await start_node(nursery, 2, bootstrap=tuple(a.service.addresses()), **fast)
+            await wait_until(lambda: b.service.peers())
+
+            # Stored but never announced: only anti-entropy can move it.
+            data, _ = make_release(a.key, sequence=1, seed=5)
+            assert a.releases.accept(data) is ReleaseVerdict.ACCEPTED
+            await wait_for_releases(b, [data])
+            assert b.service.statistics()["gossip"].get("received", 0) == 0
+            stop_all(a, b)
+
+    trio.run(main)
+
+
+def test_stop_closes_within_deadline():
+    async def main():
+        with trio.fail_after(DEADLINE_S):
+            async with trio.open_nursery() as nursery:
+                a = await start_node(nursery, 1)
+                b = await start_node(nursery, 2, bootstrap=tuple(a.service.addresses()))
+                await wait_until(lambda: a.service.peers())
+                stop_all(a, b)
+        # Both run() calls returned, so the nursery closed; a second run is refused.
+        with pytest.raises(NetworkError):
+            await a.service.run()
+
+    trio.run(main)
+
+
+def test_non_member_peer_disconnected():
+    async def main():
+        members = {fixed_key(index).public_key().public_bytes_raw() for index in (1, 2)}
+        async with trio.open_nursery() as nursery:
+            releases = MemoryReleases()
+            guarded = NetworkService(
+                private_key=fixed_key(1),
+                config=make_config(),
+                releases=releases,
+                accept_release=releases.accept,
+                is_member=members.__contains__,
+            )
+            await nursery.start(guarded.run)
+            outsider = await start_node(nursery, 3, bootstrap=tuple(guarded.addresses()))
+
+            await wait_until(
+                lambda: guarded.statistics()["total"]["errors"].get("not_member_connection", 0) >= 1
+            )
+            await wait_until(lambda: outsider.service.peer_id not in {p.peer_id for p in guarded.peers()})
+            guarded.stop()
+            outsider.service.stop()
+
+    trio.run(main)
+
+
+# Security ----------------------------------------------------------------------------
+
+
+def test_host_offers_only_noise_and_yamux():
+    async def main():
+        async with trio.open_nursery() as nursery:
+            node = await start_node(nursery, 1)
+            network = node.service.host.get_network()
+            assert list(network.upgrader.security_multistream.transports) == ["/noise"]
+            assert list(network.upgrader.muxer_multistream.transports) == ["/yamux/1.0.0"]
+            node.service.stop()
+
+    trio.run(main)
+
+
+def make_plaintext_host(index: int):
+    key_pair = libp2p_key_pair(fixed_key(index))
+    return new_host(
+        key_pair=key_pair,
+        sec_opt={PLAINTEXT_PROTOCOL_ID: InsecureTransport(key_pair)},
+        muxer_opt=muxer_options(),
+        enable_mDNS=False,
+    )
+
+
+def test_plaintext_only_peer_cannot_connect():
+    async def main():
+        plaintext = make_plaintext_host(9)
+        async with trio.open_nursery() as nursery:
+            node = await start_node(nursery, 1, dial_attempts=2)
+            async with plaintext.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+                # The plaintext peer dials us.
+                with trio.fail_after(DEADLINE_S):
+                    with pytest.raises(Exception) as caught:
+                        await plaintext.connect(info_from_p2p_addr(multiaddr.Multiaddr(node.service.addresses()[0])))
+                assert not isinstance(caught.value, AssertionError)
+                assert node.service.peers() == []
+
+                # We dial the plaintext peer.
+                address = f"{plaintext.get_addrs()[0]}"
+                with trio.fail_after(DEADLINE_S):
+                    with pytest.raises(NetworkError):
+                        await node.service.connect(address)
+                assert node.service.peers() == []
+                assert plaintext.get_connected_peers() == []
+
+            # The node still works with a Noise peer afterwards.
+            other = await start_node(nursery, 2, bootstrap=tuple(node.service.addresses()))
+            await wait_until(lambda: node.service.gossip.mesh_peers())
+            data = node.publish(seed=3)
+            await wait_for_releases(other, [data])
+            stop_all(node, other)
+
+    trio.run(main)
