@@ -15,17 +15,18 @@ from the private data. Reading them from the data would leak it: a category
 seen once, or the maximum of a column, identifies a person. The marginal
 counts released later are differentially private only for this fixed
 domain. ``p2psynth.schema_draft`` can write a first draft from a data file,
-and its output says that the draft must be replaced with public knowledge.
+and the draft opens with a warning that its values must be replaced with
+public knowledge.
 
 Bins follow the convention of ``numpy.histogram``: bin ``i`` is
 ``[edges[i], edges[i + 1])`` and the last bin also contains the upper bound.
 
 Fingerprint. ``Schema.fingerprint`` is the SHA-256 (hex) of a canonical
-JSON encoding of the parts that give codes their meaning: schema name,
-column names and order, kinds, categories, bin edges (``bins = N`` is
-expanded to edges, and every number is written as a float), the ``integer``
-flag and the missing category. Comments, whitespace, key order and
-``description`` texts do not change it. The input options
+JSON encoding of the parts that give codes their meaning. These are the
+schema name, column names and order, kinds, categories, bin edges, the
+``integer`` flag and the missing category. ``bins = N`` is expanded to
+edges, and every number is written as a float. Comments, whitespace, key
+order and ``description`` texts do not change it. The input options
 (``strip_whitespace``, ``missing_markers``, ``aliases``, ``out_of_domain``)
 are left out on purpose: they say how one node reads its own file, so two
 nodes may set them differently and still publish comparable counts.
@@ -34,7 +35,8 @@ another schema.
 
 Rejected alternative: JSON Schema or YAML files. TOML is in the standard
 library since Python 3.11, allows comments, and has no implicit typing of
-bare words (YAML reads ``no`` as a boolean, a known trap for category lists).
+bare words (YAML 1.1 readers such as PyYAML read ``no`` as false, a trap for
+category lists).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ import logging
 import math
 import tomllib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Union
 
@@ -97,7 +100,7 @@ class CategoricalColumn:
     strip_whitespace: bool = True
     missing_markers: tuple[str, ...] = ("",)
     aliases: tuple[tuple[str, str], ...] = ()
-    description: str = ""
+    description: str = field(default="", compare=False)
     kind: str = field(default="categorical", init=False)
 
     @property
@@ -136,7 +139,7 @@ class NumericColumn:
     strip_whitespace: bool = True
     missing_markers: tuple[str, ...] = ("",)
     aliases: tuple[tuple[str, str], ...] = ()
-    description: str = ""
+    description: str = field(default="", compare=False)
     kind: str = field(default="numeric", init=False)
 
     @property
@@ -185,14 +188,14 @@ class Schema:
 
     name: str
     columns: tuple[Column, ...]
-    description: str = ""
-    source: str = "<string>"
+    description: str = field(default="", compare=False)
+    source: str = field(default="<string>", compare=False)
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
 
-    @property
+    @cached_property
     def domain(self) -> Domain:
         """Attribute names in schema order with their code counts (missing included)."""
         return Domain(self.names, tuple(c.size for c in self.columns))
@@ -215,7 +218,7 @@ class Schema:
             allow_nan=False,
         )
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         """SHA-256 hex digest of ``canonical_json()``."""
         return hashlib.sha256(self.canonical_json().encode("utf-8")).hexdigest()
@@ -443,6 +446,11 @@ def _parse_numeric(
     else:
         edges = _explicit_edges(raw["edges"], lower, upper, where)
     if integer:
+        if max(abs(lower), abs(upper)) > 2**53:
+            raise SchemaError(
+                f"{where}: bounds {bounds!r} of an integer column must lie within -2**53 .. 2**53, "
+                f"where every whole number is an exact float; widen the bins or drop integer = true"
+            )
         for i in range(len(edges) - 1):
             low_int, high_int = _integer_range(edges, i)
             if low_int > high_int:

@@ -11,6 +11,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from p2psynth.encoding import decode_codes, encode_file, encode_frame
 from p2psynth.errors import ConfigError, DataError, SchemaError
@@ -314,7 +316,9 @@ def test_special_numbers_error_policy(tmp_path):
 
     message = str(raised.value)
     assert "column 'x': 4 rejected (4 outside the domain)" in message
-    assert "'inf'" in message and "'-inf'" in message and "'1e309'" in message
+    assert "'inf'" in message
+    assert "'-inf'" in message
+    assert "'1e309'" in message
     assert raised.value.report.column("x").missing == 2  # NaN and nan
 
 
@@ -596,6 +600,15 @@ def test_parquet_typed_columns(tmp_path):
     assert encoded.report.ignored_columns == ("unused",)
 
 
+def test_parquet_duplicate_column_names(tmp_path):
+    path = tmp_path / "t.parquet"
+    table = pa.Table.from_arrays([pa.array(["red"]), pa.array(["blue"])], names=["colour", "colour"])
+    pq.write_table(table, path)
+
+    with pytest.raises(DataError, match="duplicate column names: 'colour' at positions 1, 2"):
+        encode_file(path, make_schema(COLOUR))
+
+
 def test_parquet_missing_column(tmp_path):
     path = tmp_path / "t.parquet"
     pq.write_table(pa.table({"colour": ["red"]}), path)
@@ -666,6 +679,30 @@ def test_decode_round_trip_small(tmp_path):
     assert ((weights[1::4] >= 0.5) & (weights[1::4] <= 1)).all()
     assert np.isnan(weights[3::4]).all()
     assert encode_frame(frame, schema).codes.tolist() == codes.tolist()
+
+
+ROUND_TRIP_SCHEMA = make_schema(
+    COLOUR
+    + AGE
+    + '[[columns]]\nname = "w"\nkind = "numeric"\nbounds = [-1, 1]\nedges = [-1, -0.001, 0, 1e-9, 1]\n'
+    + '[[columns]]\nname = "n"\nkind = "numeric"\ninteger = true\nmissing_category = false\n'
+    + "bounds = [-5, 5]\nedges = [-5, -4.5, 0.5, 1.5, 5]\n"
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    codes=st.lists(
+        st.tuples(*(st.integers(0, size - 1) for size in ROUND_TRIP_SCHEMA.domain.sizes)), min_size=1, max_size=40
+    ),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_decode_then_encode_keeps_codes(codes, seed):
+    codes = np.array(codes, dtype=np.int64)
+
+    decoded = decode_codes(codes, ROUND_TRIP_SCHEMA, seed=seed)
+
+    assert np.array_equal(encode_frame(decoded, ROUND_TRIP_SCHEMA).codes, codes)
 
 
 def test_decode_is_seeded():
@@ -747,7 +784,8 @@ def test_adult_summary_lists_columns(adult_train):
     summary = adult_train.report.summary()
 
     assert "32561 rows" in summary
-    assert "workclass" in summary and "1836" in summary
+    assert "workclass" in summary
+    assert "1836" in summary
     assert len(summary.splitlines()) >= 17
 
 

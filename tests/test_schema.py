@@ -122,7 +122,7 @@ def test_integer_ranges_of_bins():
 
     assert age.integer_range(0) == (0, 17)
     assert age.integer_range(1) == (18, 64)
-    # The last bin also holds the upper bound.
+    # The last bin also contains the upper bound.
     assert age.integer_range(2) == (65, 100)
 
 
@@ -380,6 +380,10 @@ INVALID = {
     "too many codes": (
         numeric(f"bounds = [0, 1]\nbins = {MAX_COLUMN_CODES + 1}\n"),
         ["column 'x'", "maximum", str(MAX_COLUMN_CODES)],
+    ),
+    "integer bounds too large": (
+        numeric("integer = true\nbounds = [0, 1e17]\nbins = 2\n"),
+        ["column 'x'", "2**53"],
     ),
     "non-boolean flag": (numeric("integer = 1\nbounds = [0, 2]\nbins = 2\n"), ["column 'x'", "integer", "true or false"]),
 }
