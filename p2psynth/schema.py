@@ -28,9 +28,9 @@ schema name, column names and order, kinds, categories, bin edges, the
 edges, and every number is written as a float. Comments, whitespace, key
 order and ``description`` texts do not change it. The input options
 (``strip_whitespace``, ``missing_markers``, ``aliases``, ``out_of_domain``)
-are left out on purpose: they say how one node reads its own file, so two
-nodes may set them differently and still publish comparable counts.
-Releases carry the fingerprint, and a peer rejects releases made under
+are left out on purpose. They control how one node reads its own file, so
+two nodes may set them differently and still publish comparable counts.
+Releases carry the fingerprint so that peers can reject releases made under
 another schema.
 
 Rejected alternative: JSON Schema or YAML files. TOML is in the standard

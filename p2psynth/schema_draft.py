@@ -14,7 +14,7 @@ bound with public knowledge (code books, standards, published ranges).
 
 Kind rules: a column is numeric when every value that is not a missing
 marker is a finite number and it has more than ``max_categories`` distinct
-values; it is integer when all those numbers are whole. Every other column is
+values. It is integer when all those numbers are whole. Every other column is
 categorical. A column with more than ``max_listed_categories`` distinct
 values is most likely an identifier or free text: the draft leaves it out
 and says so in a comment.
