@@ -136,6 +136,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, default=Path("evaluation"), help="report folder (default: ./evaluation)")
     evaluate.set_defaults(handler=_run_evaluate)
 
+    demo = commands.add_parser(
+        "demo", help="run a 5-node network on the bundled UCI Adult data and report (see 'p2psynth demo --help')",
+        add_help=False,
+    )
+    demo.add_argument("demo_args", nargs=argparse.REMAINDER)
+    demo.set_defaults(handler=_run_demo)
+
+    simulate = commands.add_parser("simulate", help="run a simulated network scenario (TOML) and write a report")
+    simulate.add_argument("scenario", type=Path, help="scenario file, e.g. simulations/scenarios/baseline-10.toml")
+    simulate.add_argument("--out", type=Path, help="report folder (default: simulation-output/<scenario name>)")
+    simulate.add_argument("--seed", type=int, help="seed overriding the scenario's own")
+    simulate.set_defaults(handler=_run_simulate)
+
     schema = commands.add_parser("schema", help="schema tools")
     schema_commands = schema.add_subparsers(title="schema commands", metavar="SCHEMA_COMMAND")
     draft = schema_commands.add_parser("draft", help="write a draft schema from a data file")
@@ -383,6 +396,21 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     summary = evaluate_files(args.real, args.synthetic, schema_path=args.schema, target=args.target, out_dir=args.out)
     print(summary)
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from p2psynth.demo import main as demo_main
+
+    return demo_main(args.demo_args)
+
+
+def _run_simulate(args: argparse.Namespace) -> int:
+    from p2psynth.simulate import run_scenario
+
+    out = args.out or Path("simulation-output") / args.scenario.stem
+    report = run_scenario(args.scenario, out_dir=out, seed=args.seed)
+    print(f"report written to {report}")
     return 0
 
 

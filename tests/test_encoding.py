@@ -21,12 +21,7 @@ from p2psynth.schema import load_schema, parse_schema
 REPOSITORY = Path(__file__).resolve().parents[1]
 ADULT_SCHEMA = REPOSITORY / "node_config" / "adult.schema.toml"
 ADULT_CODED_SCHEMA = REPOSITORY / "node_config" / "adult-coded.schema.toml"
-# TODO: drop the last two folders once the Adult files are copied into data/adult.
-DATA_FOLDERS = [
-    REPOSITORY / "data" / "adult",
-    Path("/work/shared/data/adult/raw_uci"),
-    Path("/work/shared/data/adult"),
-]
+DATA_FOLDERS = [REPOSITORY / "data" / "adult", REPOSITORY / "data" / "adult-coded"]
 
 ADULT_NAMES = (
     "age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation",
@@ -40,7 +35,7 @@ def find_data_file(name: str) -> Path:
         for candidate in (folder / f"{name}.gz", folder / name):
             if candidate.exists():
                 return candidate
-    pytest.skip(f"{name} not found in data/adult")
+    pytest.fail(f"{name} not found in data/adult or data/adult-coded; the repository ships it")
 
 
 @pytest.fixture(scope="module")

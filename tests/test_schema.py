@@ -20,8 +20,7 @@ from p2psynth.schema import (
 REPOSITORY = Path(__file__).resolve().parents[1]
 ADULT_SCHEMA = REPOSITORY / "node_config" / "adult.schema.toml"
 ADULT_CODED_SCHEMA = REPOSITORY / "node_config" / "adult-coded.schema.toml"
-# TODO: drop the second folder once the Adult files are copied into data/adult.
-DATA_FOLDERS = [REPOSITORY / "data" / "adult", Path("/work/shared/data/adult")]
+DATA_FOLDERS = [REPOSITORY / "data" / "adult", REPOSITORY / "data" / "adult-coded"]
 
 HEAD = """
 format_version = 1
@@ -52,7 +51,7 @@ def find_data_file(name: str) -> Path:
         for candidate in (folder / name, folder / f"{name}.gz"):
             if candidate.exists():
                 return candidate
-    pytest.skip(f"{name} not found in data/adult")
+    pytest.fail(f"{name} not found in data/adult or data/adult-coded; the repository ships it")
 
 
 # ---------------------------------------------------------------------------

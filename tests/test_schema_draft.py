@@ -15,12 +15,7 @@ from p2psynth.schema import parse_schema
 from p2psynth.schema_draft import draft_schema
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-# TODO: drop the last two folders once the Adult files are copied into data/adult.
-DATA_FOLDERS = [
-    REPOSITORY / "data" / "adult",
-    Path("/work/shared/data/adult/raw_uci"),
-    Path("/work/shared/data/adult"),
-]
+DATA_FOLDERS = [REPOSITORY / "data" / "adult", REPOSITORY / "data" / "adult-coded"]
 
 
 def find_data_file(name: str) -> Path:
@@ -28,7 +23,7 @@ def find_data_file(name: str) -> Path:
         for candidate in (folder / f"{name}.gz", folder / name):
             if candidate.exists():
                 return candidate
-    pytest.skip(f"{name} not found in data/adult")
+    pytest.fail(f"{name} not found in data/adult or data/adult-coded; the repository ships it")
 
 
 def write(tmp_path: Path, text: str, name: str = "people.csv") -> Path:
