@@ -243,6 +243,7 @@ class NodeDaemon:
             ],
             "releases": {
                 "stored": store.count_releases(),
+                "current": len(store.current_releases()),
                 "latest_sequence_by_member": {
                     self.members.name_of(author): sequence for author, sequence in sorted(latest.items())
                 },

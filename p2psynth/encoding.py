@@ -49,14 +49,16 @@ import time
 from dataclasses import dataclass, field
 from difflib import get_close_matches
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from p2psynth.errors import ConfigError, DataError, SchemaError
 from p2psynth.schema import CategoricalColumn, Column, NumericColumn, Schema
@@ -223,6 +225,8 @@ def encode_frame(df: pd.DataFrame, schema: Schema, *, source: str = "DataFrame")
     directly; other columns are read as text. Raises DataError like
     ``encode_file``.
     """
+    import pandas as pd  # deferred: importing pandas costs about half a second
+
     names = [str(label) for label in df.columns]
     columns = []
     for position, name in enumerate(names):
@@ -243,6 +247,8 @@ def decode_codes(codes: np.ndarray, schema: Schema, *, seed: int) -> pd.DataFram
     seed give the same frame. Raises SchemaError naming the column when a
     code is outside its column's range.
     """
+    import pandas as pd
+
     codes = np.asarray(codes)
     if codes.ndim != 2 or codes.shape[1] != len(schema.columns):
         raise SchemaError(
@@ -447,6 +453,8 @@ def _csv_error(path: Path, exc: Exception, *, skip_rows: int) -> DataError:
 
 
 def _series_to_arrow(series: pd.Series) -> pa.Array:
+    import pandas as pd
+
     try:
         return pa.array(series, from_pandas=True)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
@@ -809,12 +817,16 @@ def _check_code_range(column_codes: np.ndarray, column: Column) -> None:
 
 
 def _decode_categorical(column_codes: np.ndarray, column: CategoricalColumn) -> pd.Categorical:
+    import pandas as pd
+
     if column.missing_code is not None:
         column_codes = np.where(column_codes == column.missing_code, -1, column_codes)
     return pd.Categorical.from_codes(column_codes, categories=list(column.categories))
 
 
 def _decode_numeric(column_codes: np.ndarray, column: NumericColumn, random: np.random.Generator) -> Any:
+    import pandas as pd
+
     missing = np.zeros(len(column_codes), dtype=bool)
     if column.missing_code is not None:
         missing = column_codes == column.missing_code

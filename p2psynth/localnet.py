@@ -242,12 +242,19 @@ class LocalNetwork:
         return [((n.status() or {}).get("model") or {}).get("model_id") for n in (nodes or self.running())]
 
     def converged(self, nodes: Sequence[LocalNode] | None = None, *, releases: int | None = None) -> bool:
-        """True when the nodes share one model id (and hold ``releases`` releases, if given)."""
+        """True when the nodes share one model id fitted from all their current releases.
+
+        With ``releases``, every node must also hold exactly that many releases.
+        """
         nodes = list(nodes or self.running())
         statuses = [n.status() or {} for n in nodes]
         ids = {((s.get("model") or {}).get("model_id")) for s in statuses}
         if len(ids) != 1 or None in ids:
             return False
+        for status in statuses:
+            fitted = len((status.get("model") or {}).get("releases") or [])
+            if fitted != (status.get("releases") or {}).get("current"):
+                return False
         if releases is not None:
             return all((s.get("releases") or {}).get("stored") == releases for s in statuses)
         return True

@@ -60,16 +60,50 @@ class MeasurementResult:
 
 def marginal_counts(codes: np.ndarray, domain: Domain, attributes: Sequence[str]) -> np.ndarray:
     """Return the exact int64 contingency table of ``codes`` over ``attributes``."""
-    shape = domain.shape(attributes)
-    columns = tuple(codes[:, domain.index(a)].astype(np.intp, copy=False) for a in attributes)
-    if len(codes) == 0:
-        return np.zeros(shape, dtype=np.int64)
-    flat = np.ravel_multi_index(columns, shape) if len(columns) > 1 else columns[0]
-    return np.bincount(flat, minlength=math.prod(shape)).astype(np.int64).reshape(shape)
+    return ColumnCache(codes, domain).counts(attributes)
+
+
+class ColumnCache:
+    """Contiguous int32 copies of code columns, made once for many marginals.
+
+    Counting a marginal is one multiply-add per attribute and one
+    ``np.bincount`` over the raveled cell index; contiguous int32 columns make
+    that about twice as fast as indexing a column-major int64 table each time.
+    """
+
+    def __init__(self, codes: np.ndarray, domain: Domain) -> None:
+        if codes.ndim != 2 or codes.shape[1] != len(domain):
+            raise PrivacyError(
+                f"codes have shape {codes.shape}; expected (rows, {len(domain)}) for the schema's columns"
+            )
+        self._codes = codes
+        self._domain = domain
+        # Filled on first use: attribute name -> contiguous int32 column.
+        self._columns: dict[str, np.ndarray] = {}
+
+    def column(self, attribute: str) -> np.ndarray:
+        if attribute not in self._columns:
+            index = self._domain.index(attribute)
+            self._columns[attribute] = np.ascontiguousarray(self._codes[:, index], dtype=np.int32)
+        return self._columns[attribute]
+
+    def counts(self, attributes: Sequence[str]) -> np.ndarray:
+        shape = self._domain.shape(attributes)
+        cells = math.prod(shape)
+        if len(self._codes) == 0:
+            return np.zeros(shape, dtype=np.int64)
+
+        # Raveled cell index in C order; int64 when the cell count needs it.
+        dtype = np.int32 if cells < 2**31 else np.int64
+        flat = self.column(attributes[0]).astype(dtype, copy=True)
+        for attribute, size in zip(attributes[1:], shape[1:]):
+            flat *= dtype(size)
+            flat += self.column(attribute)
+        return np.bincount(flat, minlength=cells).astype(np.int64).reshape(shape)
 
 
 def measure_marginals(
-    codes: np.ndarray,
+    codes: "np.ndarray | ColumnCache",
     domain: Domain,
     attribute_sets: Sequence[tuple[str, ...]],
     *,
@@ -86,16 +120,17 @@ def measure_marginals(
         raise PrivacyError(f"rho = {rho!r} is invalid; it must be a positive finite number")
 
     sigma = math.sqrt(len(attribute_sets) / (2.0 * rho))
+    cache = codes if isinstance(codes, ColumnCache) else ColumnCache(codes, domain)
     measurements = []
     for attributes in attribute_sets:
-        counts = marginal_counts(codes, domain, attributes)
+        counts = cache.counts(attributes)
         noise, used_sigma = discrete_gaussian_with_sigma(sigma, counts.shape, random)
         measurements.append(Measurement(attributes=tuple(attributes), counts=counts + noise, sigma=used_sigma))
     return measurements
 
 
 def select_mst_pairs(
-    codes: np.ndarray,
+    codes: "np.ndarray | ColumnCache",
     domain: Domain,
     *,
     rho: float,
@@ -125,9 +160,10 @@ def select_mst_pairs(
     candidates = [
         (a, b) for a, b in combinations(attributes, 2) if domain.size(a) * domain.size(b) <= max_pair_cells
     ]
+    cache = codes if isinstance(codes, ColumnCache) else ColumnCache(codes, domain)
     scores = {}
     for a, b in candidates:
-        true = marginal_counts(codes, domain, (a, b)).astype(np.float64)
+        true = cache.counts((a, b)).astype(np.float64)
         estimate = total * np.outer(probabilities[a], probabilities[b])
         scores[(a, b)] = float(np.abs(true - estimate).sum())
 
@@ -164,6 +200,7 @@ def measure_mst(
 ) -> MeasurementResult:
     """Run the three MST steps, each with a third of ``rho``."""
     share = rho / 3.0
+    codes = ColumnCache(codes, domain)
     one_way = measure_marginals(codes, domain, [(a,) for a in domain.attributes], rho=share, random=random)
     if len(domain) < 2:
         return MeasurementResult(tuple(one_way), rho)
