@@ -1,8 +1,8 @@
 """Quality benchmark: decentralized strategy vs central MST on coded Adult.
 
 Run: ``python benchmarks/bench_quality.py [--seeds 3] [--quick]`` with the
-project's venv. Per seed, 20% of the rows are held out; the rest is split over
-10 members, once at random (iid) and once sorted by age in contiguous chunks
+project's venv. Per seed, 20% of the rows are held out. The rest is split over
+10 members twice: at random (iid), and sorted by age in contiguous chunks
 (skewed). Every member has epsilon 1 at delta 1e-9. Rows of the table:
 
 - ``p2psynth``: the three-round strategy of ``p2psynth.strategy`` with the

@@ -21,7 +21,7 @@ Why this design (measured on coarse-coded Adult, 80% of the rows over 10
 members at epsilon 1 each, delta 1e-9; see docs/strategy.md for the tables):
 
 - Selecting pairs on each member's own rows, as central MST does on all rows,
-  sees a tenth of the signal. Small shards bias the scores towards a star
+  uses a tenth of the signal. Small shards bias the scores towards a star
   around one wide attribute, and skewed shards pull the tree towards the
   attribute they are skewed on. Here the selection reads the *sum* of all
   members' releases, which equals the pooled table plus noise. So the chosen
@@ -33,8 +33,9 @@ members at epsilon 1 each, delta 1e-9; see docs/strategy.md for the tables):
   1-way marginals, lowered the 3-way TVD of an ideal tree from 0.166 to 0.145.
   This plays the part of MST's domain compression, which merges rare codes.
 - Scores are bias-corrected: the expected squared noise of each cell is
-  subtracted before the cell's deviation from independence counts, so wide
-  noisy tables do not win by their noise.
+  subtracted before the cell's deviation from independence counts. That
+  removes about half of what pure noise would score; the coarse selection
+  grouping (at most 36 cells per pair) keeps the rest small.
 
 Privacy. Each member's round r is a Gaussian mechanism on its own rows:
 k marginals measured together have L2 sensitivity sqrt(k) (one row changes
@@ -76,6 +77,7 @@ class StrategyConfig:
     selection_share: float = 0.15
     selection_groups: int = 6
     model_groups: int = 16
+    extra_pairs: int = 0
 
     def __post_init__(self) -> None:
         for name in ("one_way_share", "selection_share"):
@@ -131,7 +133,7 @@ class Grouping:
 
 @dataclass(frozen=True)
 class RoundPlan:
-    """What every member measures in one round: attribute sets on a grouping, with a rho."""
+    """One round's measurements for every member: attribute sets on a grouping, with a rho."""
 
     round: int
     attribute_sets: tuple[tuple[str, ...], ...]
@@ -182,9 +184,9 @@ def equal_mass_grouping(domain: Domain, one_way: Sequence[Measurement], *, max_g
 
     Mass comes from the noisy 1-way counts (negative cells count as 0). An
     attribute with at most ``max_groups`` codes keeps one group per code. A
-    new group starts once the current one holds 1 / max_groups of the mass,
-    so a heavy code gets a group of its own; a light last group joins the one
-    before it. Deterministic: the same counts give the same grouping.
+    new group starts once the current one contains 1 / max_groups of the mass,
+    and before a code that alone contains that much, so a heavy code gets a group
+    of its own while groups remain. Deterministic: the same counts give the same grouping.
     """
     counts = {m.attributes[0]: np.asarray(m.counts, dtype=float) for m in one_way if len(m.attributes) == 1}
     maps = []
@@ -200,13 +202,12 @@ def equal_mass_grouping(domain: Domain, one_way: Sequence[Measurement], *, max_g
         mapping = np.zeros(size, dtype=np.int64)
         group, filled = 0, 0.0
         for code in range(size):
-            if filled >= share and share > 0 and group < max_groups - 1:
+            full = filled >= share or (mass[code] >= share and filled > 0)
+            if full and share > 0 and group < max_groups - 1:
                 group += 1
                 filled = 0.0
             mapping[code] = group
             filled += mass[code]
-        if group > 0 and filled < share:
-            mapping[mapping == group] = group - 1
         if share == 0:
             # NOTE: no mass survived the noise, so the grouping falls back to equal code widths.
             mapping = (np.arange(size) * max_groups) // size
@@ -239,8 +240,8 @@ def pair_score(counts: np.ndarray, sigma: float) -> float:
 
     Each cell contributes sqrt(max(0, d^2 - v)), where d is its deviation from
     the product of the table's own margins and v the noise variance left in d
-    (sigma^2 (a-1)(b-1) / (a b) for an a x b table). That estimates |true d|
-    without the inflation noise gives to wide tables.
+    (sigma^2 (a-1)(b-1) / (a b) for an a x b table). Pure noise still scores
+    about 0.4 of its raw L1 deviation, so compare tables of similar size.
     """
     table = np.asarray(counts, dtype=float)
     total = max(table.sum(), 1.0)
@@ -271,8 +272,14 @@ def max_spanning_tree(domain: Domain, scores: Mapping[tuple[str, str], float]) -
     return tree
 
 
-def select_from_public(domain: Domain, round_two: Sequence[Measurement]) -> list[tuple[str, str]]:
-    """Choose the tree of pairs from the summed round-2 releases (deterministic)."""
+def select_from_public(
+    domain: Domain, round_two: Sequence[Measurement], *, extra_pairs: int = 0
+) -> list[tuple[str, str]]:
+    """Choose the tree of pairs from the summed round-2 releases (deterministic).
+
+    ``extra_pairs`` more pairs, the best-scored ones outside the tree, follow
+    the tree's pairs.
+    """
     scores = {}
     for measurement in round_two:
         if len(measurement.attributes) == 2:
@@ -280,11 +287,17 @@ def select_from_public(domain: Domain, round_two: Sequence[Measurement]) -> list
             scores[(first, second)] = pair_score(measurement.counts, measurement.sigma)
     if len(scores) < len(domain) - 1:
         raise ModelError(
-            f"round 2 holds {len(scores)} pair measurements; a spanning tree over "
+            f"round 2 has {len(scores)} pair measurements, too few: a spanning tree over "
             f"{len(domain)} attributes needs every pair measured"
         )
     tree = max_spanning_tree(domain, scores)
-    logger.info("selected tree of %d pairs from public round-2 releases", len(tree))
+    chosen = set(tree)
+    rest = sorted(
+        (pair for pair in scores if pair not in chosen),
+        key=lambda pair: (-scores[pair], domain.index(pair[0]), domain.index(pair[1])),
+    )
+    tree += rest[:extra_pairs]
+    logger.info("selected %d pairs from public round-2 releases", len(tree))
     return tree
 
 
@@ -299,8 +312,8 @@ def round_three_plan(
     """Plan round 3 from the summed round-1 and round-2 releases: the tree on the model grouping."""
     rho = _check_rho(rho)
     grouping = model_grouping(domain, round_one, config=config)
-    tree = select_from_public(domain, round_two)
-    return RoundPlan(3, tuple(tree), rho * config.tree_share, grouping)
+    pairs = select_from_public(domain, round_two, extra_pairs=config.extra_pairs)
+    return RoundPlan(3, tuple(pairs), rho * config.tree_share, grouping)
 
 
 def model_grouping(
