@@ -90,6 +90,11 @@ class Client:
         body = {} if epsilon is None else {"epsilon": epsilon}
         return self._request("POST", "/v1/publish", json=body).json()
 
+    def set_blocked(self, public_keys: Sequence[bytes | str]) -> list[str]:
+        """Block exchange with these member keys (empty: unblock all); return the blocked keys."""
+        keys = [k.hex() if isinstance(k, bytes) else k for k in public_keys]
+        return self._request("PUT", "/v1/peers/blocked", json={"public_keys": keys}).json()["blocked"]
+
     def sample_bytes(
         self,
         *,

@@ -108,8 +108,11 @@ class NodeDaemon:
             releases=self.node.store,
             accept_release=self._accept_release,
             on_announcement=self._wants_announcement,
-            is_member=lambda key: key in self.members,
+            is_member=self._may_talk_to,
         )
+        # Member keys this node refuses to exchange anything with (operator's
+        # choice, also how simulations cut a network into partitions).
+        self.blocked: set[bytes] = set()
         self._stop = trio.Event()
         # Serializes publishes: one measurement and ledger debit at a time.
         self._publish_lock = trio.Lock()
@@ -177,6 +180,30 @@ class NodeDaemon:
         if announcement.author not in self.members:
             return False
         return not self.node.store.has_release(announcement.release_id)
+
+    def _may_talk_to(self, public_key: bytes) -> bool:
+        return public_key in self.members and public_key not in self.blocked
+
+    async def set_blocked(self, public_keys: set[bytes]) -> list[str]:
+        """Replace the set of blocked member keys and disconnect blocked peers now.
+
+        A blocked peer is refused by sync and gossip and disconnected at each
+        anti-entropy round; bootstrap redials reconnect it briefly, after which
+        it is disconnected again. Returns the blocked keys as hex.
+        """
+        from p2psynth.network import peer_id_from_public_key
+
+        self.blocked = set(public_keys)
+        log.info("blocked peers set to %d member key(s)", len(self.blocked))
+        for key in self.blocked:
+            peer_id = peer_id_from_public_key(key)
+            if peer_id in self.network.host.get_connected_peers():
+                with trio.move_on_after(5):
+                    try:
+                        await self.network.host.disconnect(peer_id)
+                    except Exception as exc:  # the peer may be gone already
+                        log.debug("disconnecting blocked peer %s failed: %s", peer_id, exc)
+        return sorted(key.hex() for key in self.blocked)
 
     # Publishing --------------------------------------------------------------
 
@@ -264,6 +291,7 @@ class NodeDaemon:
             },
             "budget": budget_view,
             "api": {"host": self.config.api.host, "port": getattr(self, "api_port", None)},
+            "blocked_peers": sorted(self.members.name_of(key) for key in self.blocked),
         }
 
     def _write_status(self, *, running: bool = True) -> None:
