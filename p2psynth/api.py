@@ -106,11 +106,24 @@ def create_app(daemon) -> FastAPI:
         """The current model's id, provenance and estimated row count."""
         return _json_safe(daemon.status()["model"])
 
-    @app.post("/v1/publish", dependencies=[Depends(authorize)])
-    async def publish(request: PublishRequest | None = None) -> dict[str, Any]:
+    @app.post("/v1/publish", dependencies=[Depends(authorize)], responses={409: {"description": "budget exhausted"}})
+    async def publish(request: PublishRequest | None = None) -> Any:
         """Measure the private table, debit the ledger and announce a release."""
         epsilon = request.epsilon if request is not None else None
-        return await daemon.publish(epsilon=epsilon)
+        try:
+            return await daemon.publish(epsilon=epsilon)
+        except BudgetExceededError as exc:
+            # The message states spent, remaining and requested epsilon; the
+            # fields repeat them for programs.
+            requested = epsilon if epsilon is not None else daemon.config.privacy.release_epsilon
+            return JSONResponse(
+                status_code=409,
+                content={
+                    "detail": str(exc),
+                    "requested_epsilon": requested,
+                    "budget": _json_safe(daemon.status()["budget"]),
+                },
+            )
 
     @app.get("/v1/sample", dependencies=[Depends(authorize)])
     async def sample_get(

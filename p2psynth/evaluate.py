@@ -177,6 +177,20 @@ def _roc_auc_one_vs_rest(labels: np.ndarray, scores: np.ndarray, classes: np.nda
     return float(np.mean(aucs)) if aucs else float("nan")
 
 
+def _can_stop_early(labels: np.ndarray, *, validation_fraction: float = 0.1) -> bool:
+    """Tell whether scikit-learn's stratified validation split for early stopping can be drawn.
+
+    scikit-learn's default (``early_stopping="auto"``) stops early only above
+    10,000 training rows. A 10,000-row synthetic Adult table with three income
+    classes then ran all 200 rounds of three trees each, where early stopping
+    ends after about 25 rounds (ten times faster). The split needs at least 2
+    rows of each class and a validation set with at least one row per class.
+    """
+    counts = np.bincount(labels)
+    present = counts[counts > 0]
+    return bool(present.min() >= 2 and labels.size * validation_fraction >= present.size)
+
+
 def ml_efficacy(
     train_codes: np.ndarray,
     test_codes: np.ndarray,
@@ -221,6 +235,7 @@ def ml_efficacy(
             categorical_features=np.array(categorical),
             max_iter=max_iter,
             random_state=seed,
+            early_stopping=_can_stop_early(train_y),
         )
         model.fit(train_x, train_y)
         scores[:, model.classes_] = model.predict_proba(test_x)
