@@ -376,14 +376,9 @@ def _run_sample(args: argparse.Namespace) -> int:
         size = write_rows(args.out, sample_chunks(model, schema, rows=args.rows, seed=seed, conditions=conditions), fmt)
     else:
         from p2psynth.client import Client
-        from p2psynth.errors import ModelError
+        from p2psynth.synthesize import split_where
 
-        where: dict[str, list[str]] = {}
-        for expression in args.where:
-            column, separator, value = expression.partition("=")
-            if not separator:
-                raise ModelError(f"condition {expression!r} is invalid; write COL=VALUE")
-            where.setdefault(column.strip(), []).append(value)
+        where = split_where(args.where)
         with Client.from_node_config(args.config or Path("node.toml")) as client:
             client.sample_to_file(args.out, rows=args.rows, where=where, seed=args.seed, format=fmt)
         size = args.out.stat().st_size

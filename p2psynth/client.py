@@ -59,9 +59,18 @@ class Client:
         if port == 0:
             from p2psynth.daemon import read_status
 
-            port = (read_status(config.path).get("api") or {}).get("port") or 0
+            status = read_status(config.path)
+            if not status.get("running"):
+                raise ClientError(
+                    f"the daemon of {config.path} is not running (pid {status.get('pid')} has stopped); "
+                    f"start it with 'p2psynth node run --config {config.path}'"
+                )
+            port = (status.get("api") or {}).get("port") or 0
             if not port:
-                raise ClientError(f"the daemon of {config.path} has not reported its API port; is it running?")
+                raise ClientError(
+                    f"the daemon of {config.path} has not reported its API port yet; "
+                    "wait until it has started, then try again"
+                )
         host = config.api.host
         host = f"[{host}]" if ":" in host else host
         return cls(f"http://{host}:{port}", read_token(config.api.token_file), timeout_s=timeout_s)

@@ -396,6 +396,7 @@ def _serves_api(status: dict | None) -> bool:
 def _publish_everywhere(network, *, timeout_s: float, report: Callable[[str], None]) -> float:
     """Ask every node's API to publish one release, all at once; return the seconds taken."""
     from p2psynth.client import Client
+    from p2psynth.localnet import LocalNetworkError
 
     started = time.monotonic()
     count = len(network.nodes)
@@ -405,7 +406,10 @@ def _publish_everywhere(network, *, timeout_s: float, report: Callable[[str], No
         with Client.from_node_config(node.config_path, timeout_s=timeout_s) as client:
             return client.publish()
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=count) as pool:
+    # Not a ``with`` block: on an interrupt, waiting here for the requests
+    # would delay stopping the nodes, and stopping them ends the requests.
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=count)
+    try:
         futures = {pool.submit(publish, node): node for node in network.nodes}
         done = 0
         for future in concurrent.futures.as_completed(futures, timeout=timeout_s):
@@ -413,6 +417,10 @@ def _publish_everywhere(network, *, timeout_s: float, report: Callable[[str], No
             release = future.result()
             done += 1
             report(f"  {done}/{count} published: {node.name} release {release['release_id'][:12]}")
+    except concurrent.futures.TimeoutError:
+        raise LocalNetworkError(f"timed out after {timeout_s:.0f} s waiting for the nodes to publish") from None
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
     return time.monotonic() - started
 
 

@@ -37,6 +37,11 @@ _IN_PATTERN = re.compile(r"^\s*(?P<column>.+?)\s+in\s+\{(?P<values>.*)\}\s*$")
 
 def parse_where(schema: Schema, expressions: Sequence[str]) -> dict[str, set[int]]:
     """Parse ``COL=VALUE`` and ``COL in {V1, V2}`` expressions into allowed codes per column."""
+    return conditions_from_values(schema, split_where(expressions))
+
+
+def split_where(expressions: Sequence[str]) -> dict[str, list[str]]:
+    """Split ``COL=VALUE`` and ``COL in {V1, V2}`` expressions into values per column, without a schema."""
     pairs: list[tuple[str, str]] = []
     for expression in expressions:
         match = _IN_PATTERN.match(expression)
@@ -51,7 +56,7 @@ def parse_where(schema: Schema, expressions: Sequence[str]) -> dict[str, set[int
     grouped: dict[str, list[str]] = {}
     for column, value in pairs:
         grouped.setdefault(column, []).append(value)
-    return conditions_from_values(schema, grouped)
+    return grouped
 
 
 def conditions_from_values(schema: Schema, values_by_column: Mapping[str, Iterable[object]]) -> dict[str, set[int]]:
