@@ -3,7 +3,7 @@
 Three single-node daemons run in this process for the whole module (see
 ``nodeharness``): ``ready`` publishes one release when the module starts,
 ``empty`` never publishes, and ``stopped`` is stopped right after it
-started, so its status file says it is not running. Errors of the daemon
+started, so its status file records that it is not running. Errors of the daemon
 must reach the user as one clear message: a ``ClientError`` with the HTTP
 status for the Python client, and exit status 1 with ``error: …`` on stderr
 for the CLI.

@@ -5,7 +5,7 @@ node processes on 127.0.0.1 and 3,000 node rows, then checks the synthetic
 file against the schema and the report against the properties every report
 must have. The interruption tests run the demo as a user would and stop it
 with SIGTERM, or with SIGINT to its whole process group as Ctrl-C in a
-terminal does; no node process may outlive it.
+terminal does. No node process may outlive it.
 """
 
 from __future__ import annotations
