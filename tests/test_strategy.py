@@ -1,13 +1,14 @@
 """Tests of the three-round decentralized measurement strategy."""
 
 import hashlib
+import itertools
 import math
 
 import numpy as np
 import pytest
 
 from p2psynth.domain import Domain, Measurement
-from p2psynth.errors import ConfigError, ModelError, PrivacyError
+from p2psynth.errors import ConfigError, ModelError, PrivacyError, SchemaError
 from p2psynth.evaluate import marginal_tvd
 from p2psynth.measurement import marginal_counts, measure_marginals
 from p2psynth.model import fit_model
@@ -242,3 +243,30 @@ def test_pipeline_fits_and_beats_independence():
     baseline = marginal_tvd(pooled, independent, DOMAIN, ways=(2,))["2-way"]["mean"]
     assert fitted < baseline
     assert math.isfinite(fitted)
+
+
+def test_focus_and_extra_pairs_follow_tree():
+    members = [chain_codes(400, seed=40 + i) for i in range(3)]
+    randoms = [member_random(i) for i in range(3)]
+    round_one = measure_round(members, round_one_plan(DOMAIN, rho=0.5), randoms)
+    plan_two = round_two_plan(DOMAIN, sum_measurements(round_one), rho=0.5)
+    summed_two = sum_measurements(measure_round(members, plan_two, randoms))
+
+    tree = select_from_public(DOMAIN, summed_two)
+    focused = select_from_public(DOMAIN, summed_two, focus_attributes=("d",))
+    assert focused[: len(tree)] == tree
+    assert {pair for pair in focused if "d" in pair} == {("a", "d"), ("b", "d"), ("c", "d"), ("d", "e")}
+    assert len(set(focused)) == len(focused)
+
+    extended = select_from_public(DOMAIN, summed_two, extra_pairs=2)
+    assert extended[: len(tree)] == tree
+    assert len(extended) == len(tree) + 2
+    assert not set(extended[len(tree):]) & set(tree)
+
+
+def test_focus_rejects_unknown_attribute():
+    summed_two = [Measurement(pair, np.ones((2, 2), dtype=np.int64), 1.0) for pair in itertools.combinations(DOMAIN.attributes, 2)]
+    with pytest.raises(SchemaError, match="'income'"):
+        select_from_public(DOMAIN, summed_two, focus_attributes=("income",))
+    with pytest.raises(ConfigError, match="extra_pairs"):
+        StrategyConfig(extra_pairs=-1)
