@@ -124,6 +124,17 @@ def test_unauthorized_gets_401(nodes, method, url, body, authorization):
     assert token not in response.text
 
 
+def test_every_listed_endpoint_needs_token(nodes, ready):
+    # Endpoints added later are covered too: the list comes from the served schema.
+    paths = ready.get("/openapi.json").json()["paths"]
+    operations = [(method.upper(), path) for path, methods in paths.items() for method in methods]
+    assert len(operations) >= 6
+    with api_client(nodes["ready_daemon"], token="x" * 43) as intruder:
+        for method, path in operations:
+            response = intruder.request(method, path, json={} if method in ("POST", "PUT") else None)
+            assert response.status_code == 401, (method, path)
+
+
 def test_unauthorized_publish_spends_nothing(nodes, ready):
     before = ready.get("/v1/budget").json()
     with api_client(nodes["ready_daemon"], token="x" * 43) as intruder:
@@ -408,3 +419,30 @@ def test_large_sample_streams(ready, schema):
     frame = read_csv(bytes(received))
     assert len(frame) == rows
     assert not frame.iloc[:100_000].reset_index(drop=True).equals(frame.iloc[100_000:200_000].reset_index(drop=True))
+
+
+# Blocking peers ----------------------------------------------------------------
+
+
+def _require_blocking(ready) -> None:
+    if "/v1/peers/blocked" not in ready.get("/openapi.json").json()["paths"]:
+        pytest.skip("this build has no /v1/peers/blocked endpoint")
+
+
+def test_blocked_peers_rejects_bad_key(ready):
+    _require_blocking(ready)
+    response = ready.put("/v1/peers/blocked", json={"public_keys": ["abc"]})
+    assert response.status_code == 422
+    assert "public_keys" in error_text(response)
+    assert "'abc'" in error_text(response)
+
+
+def test_blocked_peers_set_and_lift(ready):
+    _require_blocking(ready)
+    key = "ab" * 32
+    blocked = ready.put("/v1/peers/blocked", json={"public_keys": [key]})
+    assert blocked.status_code == 200
+    assert blocked.json()["blocked"] == [key]
+    lifted = ready.put("/v1/peers/blocked", json={"public_keys": []})
+    assert lifted.status_code == 200
+    assert lifted.json()["blocked"] == []

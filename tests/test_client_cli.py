@@ -335,3 +335,21 @@ def test_cli_publish(capsys, ready):
     assert f"(sequence {before + 1}," in out
     with Client.from_node_config(ready) as client:
         assert client.budget()["releases"] == before + 1
+
+
+# Example configuration -------------------------------------------------------------
+
+
+def test_example_configs_load():
+    from p2psynth.members import load_members
+    from p2psynth.nodeconfig import load_node_config
+
+    folder = Path(__file__).resolve().parent.parent / "node_config"
+    config = load_node_config(folder / "example-node.toml")
+    assert config.network.listen == ("/ip4/0.0.0.0/tcp/4001",)
+    assert all("/p2p/12D3KooW" in address for address in config.network.bootstrap)
+    assert config.api.host == "127.0.0.1"
+    members = load_members(folder / "example-members.toml")
+    assert len(members) == 3
+    names = sorted(member.name for member in members.by_key.values())
+    assert names == ["hospital-a", "hospital-b", "insurer-c"]
