@@ -1,0 +1,386 @@
+"""The fitted global model: calibrated junction-tree marginals and a row total.
+
+A ``GraphicalModel`` stores, for every clique of its junction tree, the
+clique's marginal distribution. Calibrated marginals determine the whole
+distribution (the product of clique marginals divided by the product of
+separator marginals), answer queries inside one clique by summation, and are
+exactly what forward sampling needs. Log-potentials would also do, but they are
+not unique (constants move freely between cliques), so two peers could hold
+different bytes for the same distribution.
+
+Serialization is canonical msgpack: a map with keys in a fixed order, arrays as
+little-endian float64 bytes in C order, the provenance map with sorted keys,
+and no timestamps. The model id is the SHA-256 of those bytes, so peers that
+fitted the same releases can compare models by id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import string
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+
+import msgpack
+import numpy as np
+
+from p2psynth.domain import Domain
+from p2psynth.errors import ModelError
+from p2psynth.model.inference import calibrate, marginalize
+from p2psynth.model.junction_tree import JunctionTree
+from p2psynth.model.sampling import build_samplers, sample_codes
+
+if TYPE_CHECKING:
+    from p2psynth.model.estimation import FitSummary
+
+FORMAT_NAME = "p2psynth-graphical-model"
+FORMAT_VERSION = 1
+MAX_MODEL_BYTES = 1 << 30
+
+# Marginals are probabilities that were normalized in float64, so they sum to 1
+# within rounding; a stored model outside this tolerance is corrupt.
+_SUM_TOLERANCE = 1e-6
+
+_EINSUM_LETTERS = string.ascii_letters
+
+
+class GraphicalModel:
+    """A distribution over ``domain`` given by calibrated clique marginals, with a row total.
+
+    ``total`` is the estimated number of rows the measurements describe, which
+    is the default size of a synthetic table. ``provenance`` is the caller's map
+    (release ids, each member's epsilon, ...) and is serialized with the model.
+    ``fit_summary`` describes the fit that produced the model and is None for a
+    model loaded from bytes.
+    """
+
+    def __init__(
+        self,
+        *,
+        tree: JunctionTree,
+        marginals: Sequence[np.ndarray],
+        total: float,
+        provenance: Mapping[str, object] | None = None,
+        fit_summary: "FitSummary | None" = None,
+    ) -> None:
+        if len(marginals) != len(tree.cliques):
+            raise ModelError(f"got {len(marginals)} marginals for {len(tree.cliques)} cliques; give one per clique")
+        for clique, values in enumerate(marginals):
+            if values.shape != tree.shape(clique):
+                raise ModelError(
+                    f"marginal of clique {tree.cliques[clique]} has shape {values.shape}; "
+                    f"expected {tree.shape(clique)}"
+                )
+        if not (math.isfinite(total) and total >= 1):
+            raise ModelError(f"model total {total!r} is invalid; it must be a finite number of rows, at least 1")
+
+        self.tree = tree
+        self.marginals = [np.ascontiguousarray(m, dtype=np.float64) for m in marginals]
+        self.total = float(total)
+        self.provenance = _canonical_provenance(dict(provenance or {}))
+        self.fit_summary = fit_summary
+        # Built on first use: forward-sampling tables of the unconditioned model.
+        self._samplers = None
+
+    @property
+    def domain(self) -> Domain:
+        return self.tree.domain
+
+    # --- queries ----------------------------------------------------------------------
+
+    def project(self, attributes: Iterable[str]) -> np.ndarray:
+        """Return the model's probabilities over ``attributes``, axes in the given order.
+
+        Exact: a query inside one clique sums its marginal, any other query
+        eliminates the remaining attributes of the smallest subtree of cliques
+        that covers the query.
+        """
+        wanted = self._check_attributes(attributes, what="projection")
+        if not wanted:
+            return np.array(1.0)
+
+        home = self.tree.containing(wanted)
+        if home is not None:
+            return marginalize(self.marginals[home], self.tree.cliques[home], wanted)
+        return self._eliminate(wanted)
+
+    def sample(
+        self, rows: int, *, seed: int, conditions: Mapping[str, int | Iterable[int]] | None = None
+    ) -> np.ndarray:
+        """Draw ``rows`` synthetic rows of codes, shape (rows, number of attributes), dtype int64.
+
+        Columns are in domain order. ``conditions`` maps attribute names to the
+        allowed code or set of codes; every drawn row satisfies all of them.
+        Raises ModelError when the conditions name unknown attributes or codes,
+        or have probability 0 under the model. The same seed, rows and
+        conditions give the same rows.
+        """
+        if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 0:
+            raise ModelError(f"rows is {rows!r}; it must be a non-negative integer")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ModelError(f"seed is {seed!r}; it must be a non-negative integer")
+
+        if conditions:
+            samplers = build_samplers(self.tree, self.condition(conditions))
+        else:
+            if self._samplers is None:
+                self._samplers = build_samplers(self.tree, self.marginals)
+            samplers = self._samplers
+        rng = np.random.default_rng(int(seed))
+        return sample_codes(samplers, len(self.domain), int(rows), rng)
+
+    def condition(self, conditions: Mapping[str, int | Iterable[int]]) -> list[np.ndarray]:
+        """Return the clique marginals of the model conditioned on ``conditions``.
+
+        Each condition restricts one attribute to a code or set of codes; its
+        excluded codes get log-potential -inf in the smallest clique holding the
+        attribute, and message passing recalibrates every clique.
+        """
+        allowed = self._check_conditions(conditions)
+        potentials = self._log_conditionals()
+        for name, codes in allowed.items():
+            home = self.tree.containing([name])
+            clique = self.tree.cliques[home]
+            mask = np.full(self.domain.size(name), -np.inf)
+            mask[sorted(codes)] = 0.0
+            shape = [1] * len(clique)
+            shape[clique.index(name)] = mask.size
+            potentials[home] = potentials[home] + mask.reshape(shape)
+        try:
+            return calibrate(self.tree, potentials)
+        except ModelError:
+            listed = ", ".join(f"{name} in {sorted(codes)}" for name, codes in allowed.items())
+            raise ModelError(
+                f"the conditions ({listed}) have probability 0 under the model, so no row can satisfy them; "
+                "relax them or check them against project() of those attributes"
+            ) from None
+
+    # --- serialization ----------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """Return the canonical msgpack encoding of the model (no timestamps, fixed order)."""
+        document = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "domain": [[name, int(size)] for name, size in zip(self.domain.attributes, self.domain.sizes)],
+            "cliques": [list(c) for c in self.tree.cliques],
+            "parents": list(self.tree.parents),
+            "order": list(self.tree.order),
+            "total": self.total,
+            "marginals": [m.astype("<f8").tobytes() for m in self.marginals],
+            "provenance": self.provenance,
+        }
+        return msgpack.packb(document, use_bin_type=True)
+
+    @property
+    def model_id(self) -> str:
+        """The hex SHA-256 of ``to_bytes()``."""
+        return hashlib.sha256(self.to_bytes()).hexdigest()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, max_bytes: int = MAX_MODEL_BYTES) -> "GraphicalModel":
+        """Decode a model written by ``to_bytes``; raise ModelError for anything else."""
+        if len(data) > max_bytes:
+            raise ModelError(f"model file has {len(data):,} bytes, more than max_bytes={max_bytes:,}")
+        try:
+            document = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        except (ValueError, msgpack.exceptions.ExtraData, msgpack.exceptions.UnpackException) as exc:
+            raise ModelError(f"model bytes are not valid msgpack ({exc}); the file is truncated or not a model") from exc
+
+        expected = ["format", "version", "domain", "cliques", "parents", "order", "total", "marginals", "provenance"]
+        if not isinstance(document, dict) or list(document) != expected:
+            keys = list(document) if isinstance(document, dict) else type(document).__name__
+            raise ModelError(f"model document has keys {keys}; expected {expected}")
+        if document["format"] != FORMAT_NAME or document["version"] != FORMAT_VERSION:
+            raise ModelError(
+                f"model format {document['format']!r} version {document['version']!r} is not supported; "
+                f"this build reads {FORMAT_NAME!r} version {FORMAT_VERSION}"
+            )
+        try:
+            domain = Domain(tuple(n for n, _ in document["domain"]), tuple(int(s) for _, s in document["domain"]))
+            tree = JunctionTree(
+                domain=domain,
+                cliques=tuple(tuple(c) for c in document["cliques"]),
+                parents=tuple(int(p) for p in document["parents"]),
+                order=tuple(int(o) for o in document["order"]),
+            )
+            marginals = [
+                np.frombuffer(raw, dtype="<f8").reshape(tree.shape(c)).astype(np.float64)
+                for c, raw in enumerate(document["marginals"])
+            ]
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ModelError(f"model document is malformed: {exc}") from exc
+        except Exception as exc:  # SchemaError from Domain, raised on a corrupt domain list
+            if isinstance(exc, ModelError):
+                raise
+            raise ModelError(f"model document has an invalid domain: {exc}") from exc
+
+        for clique, values in enumerate(marginals):
+            if not np.all(np.isfinite(values)) or values.min(initial=0.0) < 0:
+                raise ModelError(f"marginal of clique {tree.cliques[clique]} has negative or non-finite values")
+            if abs(values.sum() - 1.0) > _SUM_TOLERANCE:
+                raise ModelError(f"marginal of clique {tree.cliques[clique]} sums to {values.sum()!r}, not 1")
+        total = document["total"]
+        if not isinstance(total, float):
+            raise ModelError(f"model total is {total!r}; expected a float")
+        return cls(tree=tree, marginals=marginals, total=total, provenance=document["provenance"])
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def _check_attributes(self, attributes: Iterable[str], *, what: str) -> tuple[str, ...]:
+        if isinstance(attributes, str):
+            attributes = (attributes,)
+        wanted = tuple(attributes)
+        for name in wanted:
+            if name not in self.domain:
+                raise ModelError(
+                    f"{what} names attribute {name!r}, which is not in the model's domain {list(self.domain.attributes)}"
+                )
+        if len(set(wanted)) != len(wanted):
+            raise ModelError(f"{what} over {wanted} repeats an attribute; name each attribute once")
+        return wanted
+
+    def _check_conditions(self, conditions: Mapping[str, int | Iterable[int]]) -> dict[str, set[int]]:
+        """Return the conditions as {attribute: set of codes}, validated against the domain."""
+        self._check_attributes(list(conditions), what="conditions")
+        allowed: dict[str, set[int]] = {}
+        for name in self.domain.attributes:
+            if name not in conditions:
+                continue
+            value = conditions[name]
+            codes = {value} if isinstance(value, (int, np.integer)) else set(value)
+            size = self.domain.size(name)
+            bad = sorted(
+                repr(c) for c in codes if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < size
+            )
+            if bad:
+                raise ModelError(
+                    f"condition on {name!r} has codes {', '.join(bad)} outside 0..{size - 1}; "
+                    "give codes of the attribute's domain"
+                )
+            if not codes:
+                raise ModelError(f"condition on {name!r} allows no code; give at least one")
+            allowed[name] = {int(c) for c in codes}
+        return allowed
+
+    def _log_conditionals(self) -> list[np.ndarray]:
+        """Return log-potentials whose product is the model: log P(C) - log P(separator) per clique."""
+        potentials = []
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for clique in range(len(self.tree.cliques)):
+                joint = np.log(self.marginals[clique])
+                separator = self.tree.separator(clique)
+                if separator:
+                    attributes = self.tree.cliques[clique]
+                    sep = np.log(marginalize(self.marginals[clique], attributes, separator))
+                    shape = [size if a in separator else 1 for a, size in zip(attributes, joint.shape)]
+                    joint = np.where(np.isneginf(joint), -np.inf, joint - sep.reshape(shape))
+                potentials.append(joint)
+        return potentials
+
+    def _eliminate(self, wanted: tuple[str, ...]) -> np.ndarray:
+        """Return P(wanted) for attributes spread over several cliques, by variable elimination.
+
+        The smallest subtree covering the query is rooted at its largest clique,
+        so queried attributes travel only through smaller cliques. Each clique
+        multiplies its conditional P(C | separator with parent) by its children's
+        messages and sums out what neither the parent nor the query needs, in one
+        ``np.einsum`` call per clique.
+        """
+        tree = self.tree
+        members = self._covering_subtree(set(wanted))
+        root = max(members, key=lambda c: (tree.cells(c), -c))
+        adjacency = {c: sorted(n for n in self._neighbours(c) if n in members) for c in members}
+        parents = {root: -1}
+        order = [root]
+        for clique in order:
+            for other in adjacency[clique]:
+                if other not in parents:
+                    parents[other] = clique
+                    order.append(other)
+
+        messages: dict[int, tuple[tuple[str, ...], np.ndarray]] = {}
+        for clique in reversed(order):
+            attributes = tree.cliques[clique]
+            parent = parents[clique]
+            separator = set(attributes) & set(tree.cliques[parent]) if parent >= 0 else set()
+            operands = [(attributes, self._conditional(clique, separator))]
+            operands += [messages.pop(child) for child in adjacency[clique] if parents[child] == clique]
+            present = {a for names, _ in operands for a in names}
+            keep = tuple(a for a in self.domain.attributes if a in separator or (a in wanted and a in present))
+            messages[clique] = (keep, _contract(operands, keep))
+
+        names, values = messages[root]
+        return np.transpose(values, [names.index(a) for a in wanted])
+
+    def _conditional(self, clique: int, separator: set[str]) -> np.ndarray:
+        """Return P(clique) / P(separator), with 0 where the separator has probability 0."""
+        values = self.marginals[clique]
+        if not separator:
+            return values
+        attributes = self.tree.cliques[clique]
+        kept = tuple(a for a in attributes if a in separator)
+        shape = [size if a in separator else 1 for a, size in zip(attributes, values.shape)]
+        denominator = marginalize(values, attributes, kept).reshape(shape)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(denominator > 0, values / np.where(denominator > 0, denominator, 1.0), 0.0)
+
+    def _neighbours(self, clique: int) -> list[int]:
+        parent = self.tree.parents[clique]
+        children = [c for c, p in enumerate(self.tree.parents) if p == clique]
+        return children + ([parent] if parent >= 0 else [])
+
+    def _covering_subtree(self, wanted: set[str]) -> list[int]:
+        """Return the cliques of the smallest connected subtree that covers ``wanted``."""
+        tree = self.tree
+        neighbours = {c: set(self._neighbours(c)) for c in range(len(tree.cliques))}
+
+        # Prune leaves whose queried attributes their single neighbour also holds.
+        kept = set(neighbours)
+        pruned = True
+        while pruned:
+            pruned = False
+            for clique in sorted(kept):
+                adjacent = neighbours[clique] & kept
+                if len(adjacent) != 1:
+                    continue
+                if wanted & set(tree.cliques[clique]) <= set(tree.cliques[adjacent.pop()]):
+                    kept.discard(clique)
+                    pruned = True
+                    break
+        return [c for c in tree.order if c in kept]
+
+
+def _contract(operands: list[tuple[tuple[str, ...], np.ndarray]], keep: tuple[str, ...]) -> np.ndarray:
+    """Multiply named arrays and sum out every attribute not in ``keep``; axes follow ``keep``."""
+    names = sorted({a for attributes, _ in operands for a in attributes})
+    if len(names) > len(_EINSUM_LETTERS):
+        raise ModelError(
+            f"a projection step spans {len(names)} attributes, more than {len(_EINSUM_LETTERS)}; "
+            "project onto fewer attributes at a time"
+        )
+    letter = {name: _EINSUM_LETTERS[i] for i, name in enumerate(names)}
+    inputs = ",".join("".join(letter[a] for a in attributes) for attributes, _ in operands)
+    expression = inputs + "->" + "".join(letter[a] for a in keep)
+    return np.einsum(expression, *(values for _, values in operands), optimize="greedy")
+
+
+def _canonical_provenance(value: object, path: str = "provenance") -> object:
+    """Return ``value`` with maps sorted by key and tuples as lists; raise ModelError for other types."""
+    if isinstance(value, Mapping):
+        result = {}
+        for key in sorted(value, key=lambda k: (not isinstance(k, str), str(k))):
+            if not isinstance(key, str):
+                raise ModelError(f"{path} has key {key!r}; provenance keys must be strings")
+            result[key] = _canonical_provenance(value[key], f"{path}[{key!r}]")
+        return result
+    if isinstance(value, (list, tuple)):
+        return [_canonical_provenance(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return value
+    raise ModelError(
+        f"{path} is a {type(value).__name__}; provenance may contain only maps, lists, strings, bytes, "
+        "numbers, booleans and None"
+    )
