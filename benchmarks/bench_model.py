@@ -150,6 +150,7 @@ def run_mbi_worker(input_path: str, output_path: str) -> None:
     import jax
 
     jax.config.update("jax_enable_x64", True)
+    jax.config.update("jax_enable_compilation_cache", False)
     import mbi
 
     data = np.load(input_path, allow_pickle=False)
@@ -171,7 +172,7 @@ def run_mbi_worker(input_path: str, output_path: str) -> None:
     model = mbi.estimation.MirrorDescent().estimate(
         domain, measurements, known_total=float(data["total"]), iters=iterations
     )
-    jax.block_until_ready(model.potentials.arrays if hasattr(model, "potentials") else model)
+    jax.block_until_ready(jax.tree_util.tree_leaves(model))
     seconds = time.perf_counter() - started
 
     sample_rows = int(data["sample_rows"])
