@@ -27,15 +27,19 @@ The nodes are stopped in a ``finally`` block, so Ctrl-C (KeyboardInterrupt)
 and SIGTERM also stop every node process the demo started.
 
 The split is skewed on purpose, because members of a real network do not
-hold identically distributed tables. The default draws, for each age group of
-the schema (its numeric bins), node shares from a symmetric Dirichlet
-distribution with concentration ``alpha`` and assigns the group's rows by
-those shares; a small ``alpha`` gives each node a few dominant age groups.
-This is the label-skew scheme of Hsu, Qi and Brown (2019, "Measuring the
-effects of non-identical data distribution for federated visual
-classification") applied to an attribute. ``sorted`` cuts the rows, ordered by
-the split column, into contiguous parts of equal size (the harshest skew), and
-``iid`` deals the rows out at random.
+hold identically distributed tables. For each age group of the schema (its
+numeric bins), the default split draws node shares from a symmetric
+Dirichlet distribution with concentration ``alpha`` and assigns the group's
+rows by those shares. A small ``alpha`` gives each node a few dominant age
+groups.
+Federated learning benchmarks skew labels the same way: Hsu, Qi and Brown
+(2019, "Measuring the effects of non-identical data distribution for
+federated visual classification", arXiv:1909.06335) draw each client's class
+proportions from a Dirichlet distribution. Drawing each group's node shares
+instead, as here, also makes the node tables differ in size, as members'
+tables do. ``sorted`` cuts the rows, ordered by the split column, into
+contiguous parts of equal size (the harshest skew), and ``iid`` deals the
+rows out at random.
 """
 
 from __future__ import annotations
@@ -230,7 +234,7 @@ def run_demo(
         + f"; {len(test_codes):,} held-out rows of {Path(test_path).name}"
     )
 
-    # 2-5. The network: start, publish, converge, sample. Always stopped.
+    # 2-5. The network: start, publish, converge, sample. The finally block stops it.
     from p2psynth.localnet import LocalNetwork, create_local_network
 
     local_nodes = create_local_network(
@@ -376,17 +380,36 @@ def _start_nodes(network, *, timeout_s: float, report: Callable[[str], None]) ->
     count = len(network.nodes)
     report(f"starting {count} node processes (logs in {network.nodes[0].folder.parent}/*/node.log)")
     network.start_all()
-    shown = [-1]
+    progress = _StateReporter(report)
 
     def all_started() -> bool:
         ready = sum(1 for node in network.nodes if _serves_api(node.status()))
-        if ready != shown[0]:
-            shown[0] = ready
-            report(f"  {ready}/{count} nodes running")
+        progress.update(ready, f"  {ready}/{count} nodes running")
         return ready == count
 
     network.wait_until(all_started, timeout_s=timeout_s, what="the nodes to start")
     return time.monotonic() - started
+
+
+class _StateReporter:
+    """Prints a progress line when the watched state changes, and repeats it while a wait drags on."""
+
+    def __init__(self, report: Callable[[str], None], *, repeat_s: float = 15.0) -> None:
+        self._report = report
+        self._repeat_s = repeat_s
+        self._started = time.monotonic()
+        self._state: object = None
+        self._shown_at: float | None = None
+
+    def update(self, state: object, message: str) -> None:
+        now = time.monotonic()
+        if self._shown_at is None or state != self._state:
+            self._state = state
+            self._shown_at = now
+            self._report(message)
+        elif now - self._shown_at >= self._repeat_s:
+            self._shown_at = now
+            self._report(f"{message} (still waiting after {now - self._started:.0f} s)")
 
 
 def _serves_api(status: dict | None) -> bool:
@@ -429,18 +452,18 @@ def _wait_converged(network, *, timeout_s: float, report: Callable[[str], None])
     started = time.monotonic()
     count = len(network.nodes)
     report("converging: releases spread by gossip and sync, every node fits the global model")
-    last = [None]
+    progress = _StateReporter(report)
 
     def converged() -> bool:
         statuses = [node.status() or {} for node in network.nodes]
         holding = sum(1 for s in statuses if (s.get("releases") or {}).get("stored") == count)
         complete = [s.get("model") or {} for s in statuses]
         fitted = [m.get("model_id") for m in complete if len(m.get("releases") or ()) == count]
-        state = (holding, len(fitted), len(set(fitted)))
-        if state != last[0]:
-            last[0] = state
-            report(f"  {holding}/{count} nodes hold all {count} releases; "
-                   f"{len(fitted)}/{count} fitted a model from all of them")
+        progress.update(
+            (holding, len(fitted), len(set(fitted))),
+            f"  {holding}/{count} nodes hold all {count} releases; "
+            f"{len(fitted)}/{count} fitted a model from all of them",
+        )
         return holding == count and len(fitted) == count and len(set(fitted)) == 1
 
     network.wait_until(converged, timeout_s=timeout_s, what="the nodes to converge on one model", poll_s=0.25)
