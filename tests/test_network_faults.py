@@ -208,16 +208,18 @@ def test_invalid_announcements_rejected_by_validator():
                 await pubsub.publish(topic, bytes(forged))
                 await wait_until(lambda: rejected("bad_signature") == 1)
 
-                # A valid announcement still gets through. Its pull fails and is counted,
-                # because the raw peer serves no sync protocol.
-                data, release = make_release(fixed_key(9), sequence=1)
+                # A valid announcement passes the format checks, but the node forwards it only
+                # once it holds the body. The raw peer serves no sync protocol, so the pull
+                # fails, is counted and is queued for retries.
+                data, _ = make_release(fixed_key(9), sequence=1)
                 valid = sign_announcement(
                     release_id=release_id(data), sequence=1, size_bytes=len(data), private_key=fixed_key(9)
                 )
                 await pubsub.publish(topic, valid)
-                await wait_until(lambda: node.service.statistics()["gossip"].get("received") == 1)
-                assert node.service.statistics()["gossip"].get("validated") == 1
                 await wait_until(lambda: inbound_errors(node, host).get("outbound:open_failed", 0) >= 1)
+                assert node.service.statistics()["gossip"].get("validated", 0) == 0
+                assert node.service.statistics()["gossip"].get("received", 0) == 0
+                assert await have_request_succeeds(host, node) == {}
             node.service.stop()
 
     trio.run(main)
@@ -251,8 +253,12 @@ def test_failing_callbacks_do_not_stop_service():
             await wait_until(lambda: node_service.gossip.mesh_peers() and other.service.gossip.mesh_peers())
 
             # The validator's membership check raises: counted as a rejection.
+            relayed, _ = make_release(fixed_key(3), sequence=1)
+            other.releases.accept(relayed)
             other.service.announce(
-                sign_announcement(release_id=bytes(32), sequence=1, size_bytes=10, private_key=fixed_key(3))
+                sign_announcement(
+                    release_id=release_id(relayed), sequence=1, size_bytes=len(relayed), private_key=fixed_key(3)
+                )
             )
             await wait_until(lambda: node_service.statistics()["gossip"].get("rejected:validator_error") == 1)
 

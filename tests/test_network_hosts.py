@@ -8,6 +8,7 @@ releases from tests/releasefactory.py.
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
 
 import multiaddr
@@ -226,6 +227,42 @@ def test_stop_closes_within_deadline():
             await a.service.run()
 
     trio.run(main)
+    gc.collect()  # an unclosed socket would raise ResourceWarning here
+
+
+def test_cancelled_services_close_sockets():
+    """Cancelling the nursery instead of calling stop() still closes every connection."""
+
+    async def main():
+        with trio.move_on_after(DEADLINE_S) as outer:
+            async with trio.open_nursery() as nursery:
+                a = await start_node(nursery, 1)
+                b = await start_node(nursery, 2, bootstrap=tuple(a.service.addresses()))
+                await wait_until(lambda: a.service.peers() and b.service.peers())
+                nursery.cancel_scope.cancel()
+        assert not outer.cancelled_caught
+        assert a.service.host.get_connected_peers() == []
+        assert b.service.host.get_connected_peers() == []
+
+    trio.run(main)
+    # An unclosed socket would raise ResourceWarning here, which the test run turns into an error.
+    gc.collect()
+
+
+def test_announce_requires_stored_release():
+    releases = MemoryReleases()
+    service = NetworkService(
+        private_key=fixed_key(1), config=make_config(), releases=releases, accept_release=releases.accept
+    )
+    data, release = make_release(fixed_key(1), sequence=1)
+    with pytest.raises(NetworkError) as caught:
+        service.announce_release(release_id=release_id(data), sequence=1, size_bytes=len(data))
+    assert "store it before announcing" in str(caught.value)
+
+    releases.accept(data)
+    announcement = service.announce_release(release_id=release_id(data), sequence=1, size_bytes=len(data))
+    assert service.statistics()["gossip"]["queued"] == 1
+    assert len(announcement) < 256
 
 
 def test_non_member_peer_disconnected():

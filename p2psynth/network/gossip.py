@@ -17,9 +17,19 @@ Settings and why, for py-libp2p 0.8.1:
   outbound queue holds 32 RPCs. Own announcements are therefore queued and
   published at most one per ``publish_interval_s``; anything still lost is
   recovered by the sync protocol's anti-entropy.
-- The topic validator is synchronous and guarded: an exception escaping a
-  validator ends the whole process in this version, so every failure becomes
-  a rejection that is counted.
+- Store and forward: the topic validator is asynchronous and accepts an
+  announcement only once this node holds the release body (the service's
+  ``admit`` callback pulls it, from the peer that forwarded the announcement
+  first). A node therefore forwards an announcement only when it can serve
+  the body, and every peer it reaches can pull from the peer it came from. The
+  alternative, flooding announcements at once and pulling afterwards, sent
+  nodes several hops from the author to peers that did not have the body yet;
+  with 50 hosts most pulls then waited for retries or anti-entropy. The cost
+  is one body transfer of latency per hop.
+- The validator is guarded: an exception escaping a validator ends the whole
+  process in this version, so every failure becomes a rejection that is
+  counted. The library also caches a rejection for 300 s, so a body that could
+  not be pulled in time is left to the service's retries and anti-entropy.
 - Pubsub must be running before the host accepts connections: a pubsub
   stream that arrives earlier raises AttributeError inside the library and
   ends the process, and the library's connect notification blocks until the
@@ -32,7 +42,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -59,9 +69,9 @@ logger = logging.getLogger(__name__)
 _NETWORK_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _FINGERPRINT_PATTERN = re.compile(r"[0-9a-f]{16,}")
 
-# Called for every valid announcement from another node, with the peer id of
-# the node that published it (not the relay it came through). Must not block.
-AnnouncementHandler = Callable[[Announcement, ID], None]
+# admit(announcement, forwarder, origin) -> True once the body is held locally.
+# ``forwarder`` sent us the announcement; ``origin`` published it.
+Admit = Callable[[Announcement, ID, ID], Awaitable[bool]]
 
 
 def announcement_topic(network_id: str, schema_fingerprint: str) -> str:
@@ -92,6 +102,9 @@ class GossipConfig:
     publish_interval_s: float = 0.25
     publish_queue_size: int = 256
     max_release_bytes: int = MAX_RELEASE_BYTES
+    # Validation includes pulling the body: bounded by this, at most this many at once.
+    validation_timeout_s: float = 30.0
+    max_concurrent_validations: int = 16
 
     def __post_init__(self) -> None:
         if not self.heartbeat_s > 0 or not self.publish_interval_s >= 0 or self.publish_queue_size < 1:
@@ -115,14 +128,14 @@ class AnnouncementGossip:
         *,
         topic: str,
         statistics: NetworkStatistics,
-        on_announcement: AnnouncementHandler,
+        admit: Admit,
         config: GossipConfig = GossipConfig(),
         is_member: Callable[[bytes], bool] | None = None,
     ) -> None:
         self.topic = topic
         self._host = host
         self._statistics = statistics
-        self._on_announcement = on_announcement
+        self._admit = admit
         self._config = config
         self._is_member = is_member
         self.router = GossipSub(
@@ -135,7 +148,14 @@ class AnnouncementGossip:
             max_messages_per_topic_per_second=config.max_messages_per_s_per_peer,
         )
         # Constructing Pubsub registers its stream handlers and connect notifee on the host.
-        self.pubsub = Pubsub(host, self.router, strict_signing=True, allowed_topics={topic})
+        self.pubsub = Pubsub(
+            host,
+            self.router,
+            strict_signing=True,
+            allowed_topics={topic},
+            validation_timeout=config.validation_timeout_s,
+            max_concurrent_validator_count=config.max_concurrent_validations,
+        )
         # Announcements waiting for their publish slot; bounded by publish_queue_size.
         self._publish_send, self._publish_receive = trio.open_memory_channel[bytes](config.publish_queue_size)
 
@@ -145,7 +165,7 @@ class AnnouncementGossip:
         async with background_trio_service(self.pubsub), background_trio_service(self.router):
             with trio.fail_after(10):
                 await self.pubsub.wait_until_ready()
-            self.pubsub.set_topic_validator(self.topic, self.validate, is_async_validator=False)
+            self.pubsub.set_topic_validator(self.topic, self.validate, is_async_validator=True)
             subscription = await self.pubsub.subscribe(self.topic)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._publish_loop)
@@ -177,32 +197,37 @@ class AnnouncementGossip:
         """Return the peers in our mesh for the announcement topic."""
         return set(self.router.mesh.get(self.topic, set()))
 
-    def validate(self, forwarder: ID, message: rpc_pb2.Message) -> bool:
-        """Topic validator: accept only a well-formed announcement signed by a member; never raises."""
+    async def validate(self, forwarder: ID, message: rpc_pb2.Message) -> bool:
+        """Topic validator: True for a member's valid announcement whose body we now hold; never raises."""
         try:
-            return self._check(forwarder, message)
+            announcement = self._check(forwarder, message)
+            if announcement is None:
+                return False
+            if await self._admit(announcement, forwarder, ID(message.from_id)):
+                self._statistics.count_gossip("validated")
+                return True
+            return False
         except Exception as exc:  # a validator exception would end the process
             self._statistics.count_gossip("rejected:validator_error", str(forwarder), f"{type(exc).__name__}: {exc}")
             logger.error("announcement validator failed on a message from peer %s", forwarder, exc_info=exc)
             return False
 
-    def _check(self, forwarder: ID, message: rpc_pb2.Message) -> bool:
+    def _check(self, forwarder: ID, message: rpc_pb2.Message) -> Announcement | None:
         data = message.data
         if len(data) > MAX_ANNOUNCEMENT_BYTES:
             self._statistics.count_gossip("rejected:oversized", str(forwarder), f"{len(data)} bytes")
-            return False
+            return None
         try:
             announcement = decode_announcement(data, max_release_bytes=self._config.max_release_bytes)
         except AnnouncementError as exc:
             self._statistics.count_gossip(f"rejected:{exc.reason}", str(forwarder), str(exc))
-            return False
+            return None
         if self._is_member is not None and not self._is_member(announcement.author):
             self._statistics.count_gossip(
                 "rejected:not_member", str(forwarder), f"author {announcement.author.hex()[:16]}"
             )
-            return False
-        self._statistics.count_gossip("validated")
-        return True
+            return None
+        return announcement
 
     async def _publish_loop(self) -> None:
         my_id = self._host.get_id()
@@ -216,15 +241,10 @@ class AnnouncementGossip:
             await trio.sleep(self._config.publish_interval_s)
 
     async def _receive_loop(self, subscription) -> None:
+        # Validation already stored the body; delivery is only counted. The
+        # subscription must still be drained: the library drops messages for
+        # a subscription whose 32-slot channel is full.
         my_id = self._host.get_id()
         async for message in subscription:
-            try:
-                origin = ID(message.from_id)
-                if origin == my_id:
-                    continue
-                announcement = decode_announcement(message.data, max_release_bytes=self._config.max_release_bytes)
+            if message.from_id != my_id.to_bytes():
                 self._statistics.count_gossip("received")
-                self._on_announcement(announcement, origin)
-            except Exception as exc:  # the validator passed it, so this is a bug in a callback
-                self._statistics.count_gossip("delivery_failed")
-                logger.error("handling an announcement failed", exc_info=exc)

@@ -11,8 +11,11 @@ How a release spreads:
    announcement is queued and gossiped (``gossip``).
 2. Every node that receives it asks the node's ``on_announcement`` callback
    whether to pull (by default: when the store lacks the release id), then
-   fetches the body by id from the publisher if connected, else from other
-   peers, retrying with backoff while no peer has it yet.
+   fetches the body by id from the peer that forwarded the announcement,
+   which holds it because nodes forward only announcements whose body they
+   hold (see ``gossip``). Only then does the node forward the announcement in
+   turn. When that fetch fails, the node retries in the background, asking
+   the publisher and other peers with backoff.
 3. Anti-entropy (``sync``): on every new connection and every 5 to 10 s
    (jittered, so nodes started together do not sync in lockstep) a node
    exchanges HAVE maps with some connected peers and pulls what it lacks. This
@@ -37,7 +40,7 @@ from libp2p.peer.id import ID
 from multiaddr import Multiaddr
 
 from p2psynth.errors import NetworkError
-from p2psynth.network.announcement import Announcement, sign_announcement
+from p2psynth.network.announcement import Announcement, decode_announcement, sign_announcement
 from p2psynth.network.gossip import AnnouncementGossip, GossipConfig, announcement_topic
 from p2psynth.network.host import (
     DEFAULT_LISTEN_ADDRS,
@@ -54,6 +57,7 @@ from p2psynth.network.sync import (
     AcceptRelease,
     PullResult,
     ReleaseSource,
+    ReleaseVerdict,
     SyncLimits,
     SyncProtocol,
     SyncProtocolError,
@@ -78,14 +82,14 @@ class NetworkConfig:
     sync: SyncLimits = field(default_factory=SyncLimits)
     anti_entropy_min_interval_s: float = 5.0
     anti_entropy_max_interval_s: float = 10.0
-    anti_entropy_peers_per_round: int = 8
+    anti_entropy_peers_per_round: int = 2
     max_concurrent_syncs: int = 4
     dial_attempts: int = 6
     dial_initial_delay_s: float = 0.5
     dial_max_delay_s: float = 30.0
     dial_timeout_s: float = 10.0
     redial_interval_s: float = 30.0
-    # Pull after an announcement: attempts, first wait (doubling), peers asked per attempt.
+    # Retries of a failed pull after an announcement: attempts, first wait (doubling), peers asked per attempt.
     pull_attempts: int = 6
     pull_initial_delay_s: float = 0.1
     pull_peers_per_attempt: int = 3
@@ -167,7 +171,7 @@ class NetworkService:
             self.host,
             topic=config.topic,
             statistics=self._statistics,
-            on_announcement=self._handle_announcement,
+            admit=self._admit,
             config=config.gossip,
             is_member=is_member,
         )
@@ -178,7 +182,9 @@ class NetworkService:
         # Peers with a sync session running, and those to sync again once it ends.
         self._syncing: set[ID] = set()
         self._resync: set[ID] = set()
-        # Announced release ids queued or being pulled; at most max_pending_pulls.
+        # Release ids being fetched by a gossip validation, with an event set when it ends.
+        self._in_flight: dict[bytes, trio.Event] = {}
+        # Release ids queued for a background retry or being retried; at most max_pending_pulls.
         self._pending_pulls: set[bytes] = set()
         self._pull_send, self._pull_receive = trio.open_memory_channel[tuple[Announcement, ID]](
             config.max_pending_pulls
@@ -189,30 +195,57 @@ class NetworkService:
     # Life cycle --------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-        """Run until ``stop()`` or cancellation; ``task_status.started(self)`` once listening."""
+        """Run until ``stop()`` or cancellation; ``task_status.started(self)`` once listening.
+
+        Cancellation from outside shuts down the same way as ``stop()``: the
+        service works in a shielded scope, because py-libp2p 0.8.1 leaves its
+        listening socket open when its clean-up is cancelled.
+        """
         if self._running:
             raise NetworkError("this NetworkService is running already; create one service per run")
         self._running = True
-        listen_addrs = parse_multiaddrs(self.config.listen_addrs)
+        finished = trio.Event()
+        async with trio.open_nursery() as nursery:
+            try:
+                await nursery.start(self._serve_shielded, finished)
+                task_status.started(self)
+                await finished.wait()
+            finally:
+                if not finished.is_set():
+                    self.stop()
+                    with trio.CancelScope(shield=True):
+                        with trio.move_on_after(self.config.shutdown_timeout_s + 1.0):
+                            await finished.wait()
 
+    async def _serve_shielded(self, finished: trio.Event, *, task_status: trio.TaskStatus) -> None:
+        try:
+            with trio.CancelScope(shield=True):
+                await self._serve(task_status=task_status)
+        finally:
+            finished.set()
+
+    async def _serve(self, *, task_status: trio.TaskStatus) -> None:
+        listen_addrs = parse_multiaddrs(self.config.listen_addrs)
         with trio.CancelScope() as shutdown_scope:
             self.sync.install()
             async with self.gossip.running():
                 async with self.host.run(listen_addrs=listen_addrs):
-                    await _stop_auto_connector(self.host)
-                    async with trio.open_nursery() as nursery:
-                        self._start_tasks(nursery)
-                        logger.info(
-                            "network started: peer %s listening on %s, topic %s",
-                            self.peer_id, ", ".join(self.addresses()), self.config.topic,
-                        )
-                        task_status.started(self)
-                        await self._stop_requested.wait()
+                    try:
+                        await _stop_auto_connector(self.host)
+                        async with trio.open_nursery() as nursery:
+                            self._start_tasks(nursery)
+                            logger.info(
+                                "network started: peer %s listening on %s, topic %s",
+                                self.peer_id, ", ".join(self.addresses()), self.config.topic,
+                            )
+                            task_status.started()
+                            await self._stop_requested.wait()
 
-                        # Bound the whole shutdown, library clean-up included.
-                        shutdown_scope.deadline = trio.current_time() + self.config.shutdown_timeout_s
-                        nursery.cancel_scope.cancel()
-                    await self._disconnect_all()
+                            # Bound the whole shutdown, library clean-up included.
+                            shutdown_scope.deadline = trio.current_time() + self.config.shutdown_timeout_s
+                            nursery.cancel_scope.cancel()
+                    finally:
+                        await self._disconnect_all()
         if shutdown_scope.cancelled_caught:
             logger.warning("network shutdown exceeded %.1f s and was cut short", self.config.shutdown_timeout_s)
         logger.info("network stopped: peer %s", self.peer_id)
@@ -276,9 +309,16 @@ class NetworkService:
     def announce(self, announcement: bytes) -> None:
         """Queue signed announcement bytes (from ``sign_announcement``) for gossip.
 
-        Raises AnnouncementError for bytes that do not verify and NetworkError
-        when the publish queue is full.
+        The release must be in ``releases`` already: peers pull the body from
+        us as soon as they see the announcement. Raises AnnouncementError for
+        bytes that do not verify, and NetworkError when the release is not
+        stored or the publish queue is full.
         """
+        decoded = decode_announcement(announcement, max_release_bytes=self.config.gossip.max_release_bytes)
+        if self._releases.get_release(decoded.release_id) is None:
+            raise NetworkError(
+                f"release {decoded.release_id.hex()} is not in the store; store it before announcing it"
+            )
         self.gossip.publish(announcement)
 
     def announce_release(self, *, release_id: bytes, sequence: int, size_bytes: int) -> bytes:
@@ -319,10 +359,52 @@ class NetworkService:
 
     # Announcements and pulls -------------------------------------------------
 
-    def _handle_announcement(self, announcement: Announcement, origin: ID) -> None:
-        if announcement.release_id in self._pending_pulls:
-            return
+    async def _admit(self, announcement: Announcement, forwarder: ID, origin: ID) -> bool:
+        """Return True once the announced body is stored; gossip forwards the announcement only then."""
+        release_id = announcement.release_id
+        if self._releases.get_release(release_id) is not None:
+            return True
         if not self._wants(announcement, origin):
+            self._statistics.count_gossip("not_wanted")
+            return False
+
+        # Copies of one announcement arrive from several peers: fetch once.
+        in_flight = self._in_flight.get(release_id)
+        if in_flight is not None:
+            await in_flight.wait()
+            return self._releases.get_release(release_id) is not None
+
+        done = trio.Event()
+        self._in_flight[release_id] = done
+        try:
+            stored = await self._fetch_from(release_id, [forwarder, origin])
+        finally:
+            done.set()
+            del self._in_flight[release_id]
+        if stored:
+            self._statistics.count_gossip("pulled")
+            return True
+        self._queue_retry(announcement, origin)
+        return False
+
+    async def _fetch_from(self, release_id: bytes, peer_ids: list[ID]) -> bool:
+        """Ask each connected peer in turn for one release; return True once it is stored."""
+        connected = set(self.host.get_connected_peers())
+        for peer_id in dict.fromkeys(peer_ids):
+            if peer_id not in connected or not self._may_sync_with(peer_id):
+                continue
+            try:
+                result = await self.sync.fetch(peer_id, [release_id])
+            except SyncProtocolError:
+                continue  # counted by the sync layer
+            if release_id in result.received_ids:
+                return True
+            if result.verdicts[ReleaseVerdict.REJECTED.value]:
+                return False  # the bytes match the id, so every peer would send the same rejected body
+        return False
+
+    def _queue_retry(self, announcement: Announcement, origin: ID) -> None:
+        if announcement.release_id in self._pending_pulls:
             return
         try:
             self._pull_send.send_nowait((announcement, origin))
@@ -350,29 +432,21 @@ class NetworkService:
                 self._pending_pulls.discard(announcement.release_id)
 
     async def _pull_announced(self, announcement: Announcement, origin: ID) -> None:
-        """Fetch an announced body, asking the publisher first; retry with backoff while nobody has it."""
+        """Retry a failed fetch with backoff, asking the publisher first, then random other peers."""
         release_id = announcement.release_id
         delays = backoff_delays_s(
-            attempts=self.config.pull_attempts,
+            attempts=self.config.pull_attempts + 1,
             initial_delay_s=self.config.pull_initial_delay_s,
             max_delay_s=5.0,
             rng=self._rng,
         )
         for attempt in range(self.config.pull_attempts):
+            await trio.sleep(delays[attempt])
             if self._releases.get_release(release_id) is not None:
-                return  # anti-entropy or another pull got it first
-            for peer_id in self._pull_candidates(origin):
-                try:
-                    result = await self.sync.fetch(peer_id, [release_id])
-                except SyncProtocolError:
-                    continue  # counted by the sync layer
-                if release_id in result.received_ids:
-                    self._statistics.count_gossip("pulled")
-                    return
-                if result.verdicts["rejected"]:
-                    return  # the bytes match the id, so every peer would send the same rejected body
-            if attempt < len(delays):
-                await trio.sleep(delays[attempt])
+                return  # anti-entropy or another copy of the announcement got it first
+            if await self._fetch_from(release_id, self._pull_candidates(origin)):
+                self._statistics.count_gossip("pulled_on_retry")
+                return
         self._statistics.count_gossip("pull_gave_up")
         logger.debug("no peer had release %s after %d attempts", release_id.hex(), self.config.pull_attempts)
 

@@ -340,6 +340,10 @@ class SyncProtocol:
         while after < plan.remote_sequence:
             if result.requests >= self.limits.max_requests_per_session:
                 return False
+            # A gossip pull may have stored some of these meanwhile; do not fetch them twice.
+            after = max(after, self._releases.latest_sequences().get(plan.author, 0))
+            if after >= plan.remote_sequence:
+                break
             response = await session.get_after(plan.author, after)
             result.requests += 1
             for data in response.releases:

@@ -1,0 +1,246 @@
+"""Time for one release to reach every node: gossip announcement, then sync pull.
+
+Starts N NetworkService hosts in this process, all on 127.0.0.1, connected
+as a random sparse graph (each new node dials ``--degree`` random earlier
+nodes, so the graph is connected) or as a full mesh. Each node keeps its
+releases in memory (``MemoryReleases``, with the real strict decoder). Each
+run, a randomly chosen node stores a new signed release of about
+``--size-kb`` kilobytes and announces it; the run ends when every other node
+has accepted the body. Reported per N and size, over ``--runs`` runs: the
+median (p50), 95th percentile and maximum of that time, the sync bytes sent
+per host per run (release bodies and sync requests; gossip traffic is not
+counted), how many bodies arrived by announcement-triggered pull versus
+anti-entropy, and the process RSS.
+
+All hosts share one Python process and so one core: the times include
+every host's CPU work done one after another, so they overstate what N
+machines would see on a network but understate network latency.
+
+Run: /work/venv/bin/python benchmarks/bench_gossip.py --nodes 10 25 50 --runs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from p2psynth.domain import Measurement  # noqa: E402
+from p2psynth.network import NetworkConfig, NetworkService, ReleaseVerdict  # noqa: E402
+from p2psynth.network.memory import MemoryReleases  # noqa: E402
+from p2psynth.release import Release, encode_release, release_id  # noqa: E402
+
+FINGERPRINT = "ab" * 32
+# Per node: startup and mesh formation, then each run. Generous for one shared core.
+SETUP_DEADLINE_S = 120
+RUN_DEADLINE_S = 120
+
+
+@dataclass
+class BenchNode:
+    """One host of the benchmark, recording when each release arrived."""
+
+    key: Ed25519PrivateKey
+    releases: MemoryReleases
+    service: NetworkService | None = None
+    arrivals: dict[bytes, float] = field(default_factory=dict)
+    sequence: int = 0
+
+    def accept(self, data: bytes, *, from_peer: str) -> ReleaseVerdict:
+        verdict = self.releases.accept(data, from_peer=from_peer)
+        if verdict is ReleaseVerdict.ACCEPTED:
+            self.arrivals[release_id(data)] = trio.current_time()
+        return verdict
+
+
+def make_release_bytes(key: Ed25519PrivateKey, *, sequence: int, size_kb: int, rng: np.random.Generator) -> bytes:
+    """Return a signed release whose one measurement holds about ``size_kb`` KB of int64 counts."""
+    cells = max(1, size_kb * 1024 // 8)
+    counts = rng.integers(-5, 1000, size=(cells,), dtype=np.int64)
+    measurement = Measurement(("x",), counts, 10.0)
+    release = Release(
+        schema_fingerprint=FINGERPRINT,
+        author=key.public_key().public_bytes_raw(),
+        sequence=sequence,
+        epoch=1,
+        created_at_ms=1_700_000_000_000 + sequence,
+        rho=1.0 / (2 * 10.0**2),
+        measurements=(measurement,),
+    )
+    return encode_release(release, key)
+
+
+def choose_bootstrap(index: int, *, topology: str, degree: int, rng: random.Random) -> list[int]:
+    """Return the earlier nodes that node ``index`` dials."""
+    earlier = list(range(index))
+    if topology == "full":
+        return earlier
+    return rng.sample(earlier, min(degree, len(earlier)))
+
+
+def current_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def run_case(
+    *, nodes: int, size_kb: int, runs: int, topology: str, degree: int, seed: int, anti_entropy_s: tuple[float, float]
+) -> dict:
+    rng = random.Random(seed)
+    data_rng = np.random.default_rng(seed)
+    bench_nodes = [
+        BenchNode(Ed25519PrivateKey.from_private_bytes(rng.randbytes(32)), MemoryReleases()) for _ in range(nodes)
+    ]
+    rss_before = current_rss_mib()
+
+    async with trio.open_nursery() as nursery:
+        # Start the nodes one by one, each dialing earlier ones.
+        with trio.fail_after(SETUP_DEADLINE_S):
+            for index, node in enumerate(bench_nodes):
+                bootstrap = choose_bootstrap(index, topology=topology, degree=degree, rng=rng)
+                config = NetworkConfig(
+                    network_id="bench",
+                    schema_fingerprint=FINGERPRINT,
+                    bootstrap_addrs=tuple(bench_nodes[i].service.addresses()[0] for i in bootstrap),
+                    dial_initial_delay_s=0.1,
+                    anti_entropy_min_interval_s=anti_entropy_s[0],
+                    anti_entropy_max_interval_s=anti_entropy_s[1],
+                    seed=seed + index,
+                )
+                node.service = NetworkService(
+                    private_key=node.key, config=config, releases=node.releases, accept_release=node.accept
+                )
+                await nursery.start(node.service.run)
+            while not all(node.service.gossip.mesh_peers() for node in bench_nodes):
+                await trio.sleep(0.05)
+        rss_ready = current_rss_mib()
+
+        durations_s: list[float] = []
+        bytes_per_host: list[float] = []
+        cpu_s = wall_s = 0.0
+        for _ in range(runs):
+            # Let the previous run's traffic settle and the publisher's rate limit
+            # (one announcement per publish_interval_s) expire, so runs are independent.
+            await trio.sleep(1.0)
+            publisher = rng.choice(bench_nodes)
+            publisher.sequence += 1
+            data = make_release_bytes(publisher.key, sequence=publisher.sequence, size_kb=size_kb, rng=data_rng)
+            rid = release_id(data)
+            sent_before = sum(n.service.statistics()["total"]["bytes_sent"] for n in bench_nodes)
+
+            publisher.releases.accept(data)
+            cpu_started_s, wall_started_s = time.process_time(), time.perf_counter()
+            started = trio.current_time()
+            publisher.service.announce_release(release_id=rid, sequence=publisher.sequence, size_bytes=len(data))
+            others = [n for n in bench_nodes if n is not publisher]
+            with trio.fail_after(RUN_DEADLINE_S):
+                while not all(rid in n.arrivals for n in others):
+                    await trio.sleep(0.002)
+            durations_s.append(max(n.arrivals[rid] for n in others) - started)
+            cpu_s += time.process_time() - cpu_started_s
+            wall_s += time.perf_counter() - wall_started_s
+
+            sent_after = sum(n.service.statistics()["total"]["bytes_sent"] for n in bench_nodes)
+            bytes_per_host.append((sent_after - sent_before) / nodes)
+
+        cpu_share = cpu_s / wall_s
+        pulled = sum(n.service.statistics()["gossip"].get("pulled", 0) for n in bench_nodes)
+        for node in bench_nodes:
+            node.service.stop()
+
+    return {
+        "nodes": nodes,
+        "topology": topology if topology == "full" else f"sparse d={degree}",
+        "size_kb": len(data) / 1024,
+        "runs": runs,
+        "p50_s": statistics.median(durations_s),
+        "p95_s": float(np.percentile(durations_s, 95)),
+        "max_s": max(durations_s),
+        "sent_per_host_kb": statistics.mean(bytes_per_host) / 1024,
+        "pulled_share": pulled / (runs * (nodes - 1)),
+        "cpu_share": cpu_share,
+        "rss_ready_mib": rss_ready,
+        "rss_per_host_mib": (rss_ready - rss_before) / nodes,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def print_table(rows: list[dict]) -> None:
+    header = (
+        "| hosts | topology | release KB | runs | p50 s | p95 s | max s | sync KB sent/host/run "
+        "| by pull | CPU busy | RSS MiB | RSS MiB/host | peak RSS MiB |"
+    )
+    print(header)
+    print("|---" * 13 + "|")
+    for row in rows:
+        print(
+            f"| {row['nodes']} | {row['topology']} | {row['size_kb']:.0f} | {row['runs']} "
+            f"| {row['p50_s']:.3f} | {row['p95_s']:.3f} | {row['max_s']:.3f} | {row['sent_per_host_kb']:.0f} "
+            f"| {row['pulled_share']:.0%} | {row['cpu_share']:.0%} | {row['rss_ready_mib']:.0f} | {row['rss_per_host_mib']:.2f} "
+            f"| {row['peak_rss_mib']:.0f} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, nargs="+", default=[10, 25, 50], help="host counts to run")
+    parser.add_argument("--size-kb", type=int, nargs="+", default=[300], help="release sizes in KB")
+    parser.add_argument("--runs", type=int, default=5, help="publishes per case (default %(default)s)")
+    parser.add_argument("--topology", choices=["sparse", "full"], default="sparse")
+    parser.add_argument("--degree", type=int, default=3, help="dials per new node in the sparse graph")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--anti-entropy-s", type=float, nargs=2, default=[5.0, 10.0], metavar=("MIN", "MAX"),
+        help="anti-entropy interval range in seconds (default: the service default, 5 10)",
+    )
+    parser.add_argument("--case-json", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+
+    if args.case_json:
+        # Child mode: run one case and print its row, so that RSS belongs to this case alone.
+        case = json.loads(args.case_json)
+        row = trio.run(lambda: run_case(**case))
+        print(json.dumps(row))
+        return
+
+    rows = []
+    for size_kb in args.size_kb:
+        for nodes in args.nodes:
+            case = dict(
+                nodes=nodes, size_kb=size_kb, runs=args.runs, topology=args.topology,
+                degree=args.degree, seed=args.seed, anti_entropy_s=tuple(args.anti_entropy_s),
+            )
+            started = time.perf_counter()
+            completed = subprocess.run(
+                [sys.executable, __file__, "--case-json", json.dumps(case)],
+                capture_output=True, text=True, check=False,
+            )
+            if completed.returncode != 0:
+                print(completed.stderr[-4000:], file=sys.stderr)
+                raise SystemExit(f"case {case} failed with exit code {completed.returncode}")
+            rows.append(json.loads(completed.stdout.strip().splitlines()[-1]))
+            print(f"# {nodes} hosts, {size_kb} KB: {time.perf_counter() - started:.1f} s wall", file=sys.stderr)
+    print(f"load average before the last case: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
