@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -303,6 +305,33 @@ def test_cli_sample_wrong_token(capsys, ready, tmp_path):
 def test_cli_sample_stopped_daemon(capsys, nodes, tmp_path):
     code, _, err = run_cli(
         capsys, "sample", "--config", str(nodes["stopped"]), "--rows", "10", "--out", str(tmp_path / "r.csv"),
+    )
+    assert code == 1
+    assert "is not running" in err
+
+
+def test_cli_publish_stopped_daemon(capsys, nodes):
+    code, _, err = run_cli(capsys, "publish", "--config", str(nodes["stopped"]))
+    assert code == 1
+    assert "is not running" in err
+    assert "p2psynth node run" in err
+
+
+def test_cli_sample_crashed_daemon(capsys, nodes, tmp_path):
+    # A daemon killed with SIGKILL leaves "running": true behind; its pid is gone.
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    copy = tmp_path / "crashed"
+    copy.mkdir()
+    shutil.copy(nodes["ready"], copy / "node.toml")
+    status = json.loads((nodes["ready"].parent / "status.json").read_text())
+    status.update(running=True, pid=int(finished.stdout))
+    (copy / "status.json").write_text(json.dumps(status))
+    code, out, err = run_cli(capsys, "status", "--config", str(copy / "node.toml"))
+    assert code == 0
+    assert "not running" in out
+    code, _, err = run_cli(
+        capsys, "sample", "--config", str(copy / "node.toml"), "--rows", "10", "--out", str(tmp_path / "r.csv"),
     )
     assert code == 1
     assert "is not running" in err
