@@ -26,7 +26,7 @@ from p2psynth.daemon import DaemonOptions, NodeDaemon
 from p2psynth.nodeconfig import NodeConfig, load_node_config
 from p2psynth.nodefolder import init_node
 
-START_TIMEOUT_S = 60.0
+START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
 
 
