@@ -54,7 +54,8 @@ def test_cap_error_names_cliques_and_advice():
         build_junction_tree(domain, cycle, max_clique_cells=50_000, max_memory_bytes=10**12)
     message = str(raised.value)
     assert "max_clique_cells=50,000" in message
-    assert "cells" in message and "zip" in message
+    assert "cells" in message
+    assert "zip" in message
     assert "coarsen" in message
 
 

@@ -25,7 +25,7 @@ import msgpack
 import numpy as np
 
 from p2psynth.domain import Domain
-from p2psynth.errors import ModelError
+from p2psynth.errors import ModelError, SchemaError
 from p2psynth.model.inference import calibrate, marginalize
 from p2psynth.model.junction_tree import JunctionTree
 from p2psynth.model.sampling import build_samplers, sample_codes
@@ -208,12 +208,10 @@ class GraphicalModel:
                 np.frombuffer(raw, dtype="<f8").reshape(tree.shape(c)).astype(np.float64)
                 for c, raw in enumerate(document["marginals"])
             ]
-        except (TypeError, ValueError, KeyError) as exc:
-            raise ModelError(f"model document is malformed: {exc}") from exc
-        except Exception as exc:  # SchemaError from Domain, raised on a corrupt domain list
-            if isinstance(exc, ModelError):
-                raise
-            raise ModelError(f"model document has an invalid domain: {exc}") from exc
+        except (TypeError, ValueError, KeyError, SchemaError) as exc:
+            raise ModelError(f"model document is malformed: {exc}; the file is corrupt or not a model") from exc
+        if not isinstance(document["provenance"], dict):
+            raise ModelError(f"model provenance is a {type(document['provenance']).__name__}; expected a map")
 
         for clique, values in enumerate(marginals):
             if not np.all(np.isfinite(values)) or values.min(initial=0.0) < 0:
