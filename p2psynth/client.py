@@ -14,6 +14,7 @@ message and the HTTP status; a daemon that is not running is a
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -142,16 +143,21 @@ class Client:
         if seed is not None:
             body["seed"] = seed
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Rows go to a hidden file first, so a response cut short never leaves a truncated ``path``.
+        partial = path.with_name(f".{path.name}.partial")
         try:
             with self._client.stream("POST", "/v1/sample", json=body) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise _error_from(response)
-                with open(path, "wb") as handle:
+                with open(partial, "wb") as handle:
                     for chunk in response.iter_bytes():
                         handle.write(chunk)
+            os.replace(partial, path)
         except httpx.TransportError as exc:
-            raise self._unreachable(exc) from exc
+            raise self._transport_error(exc, f"; nothing was written to {path}") from exc
+        finally:
+            partial.unlink(missing_ok=True)
         return path
 
     # Plumbing --------------------------------------------------------------
@@ -160,15 +166,21 @@ class Client:
         try:
             response = self._client.request(method, url, **kwargs)
         except httpx.TransportError as exc:
-            raise self._unreachable(exc) from exc
+            raise self._transport_error(exc) from exc
         if response.status_code >= 400:
             raise _error_from(response)
         return response
 
-    def _unreachable(self, exc: Exception) -> ClientError:
+    def _transport_error(self, exc: httpx.TransportError, consequence: str = "") -> ClientError:
+        if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+            return ClientError(
+                f"cannot reach the node API at {self.base_url} ({exc}); is the daemon running? "
+                "Start it with 'p2psynth node run --config node.toml'"
+            )
+        # Connected, but the response failed or was cut short: the daemon's log has the reason.
         return ClientError(
-            f"cannot reach the node API at {self.base_url} ({exc}); is the daemon running? "
-            "Start it with 'p2psynth node run --config node.toml'"
+            f"the request to the node API at {self.base_url} failed after it was sent "
+            f"({type(exc).__name__}: {exc}){consequence}; see the daemon's log, then try again"
         )
 
 

@@ -12,9 +12,12 @@ for the CLI.
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -188,6 +191,58 @@ def test_client_daemon_unreachable(ready):
     assert raised.value.status_code is None
     assert "cannot reach the node API" in str(raised.value)
     assert "is the daemon running?" in str(raised.value)
+
+
+def _serve_cut_response(listener: socket.socket) -> None:
+    """Answer one request with the start of a chunked CSV body, then close the connection."""
+    connection, _ = listener.accept()
+    with connection:
+        connection.settimeout(10)
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += connection.recv(65536)
+        head, _, body = request.partition(b"\r\n\r\n")
+        length = int(re.search(rb"content-length: *(\d+)", head, re.IGNORECASE).group(1))
+        while len(body) < length:
+            body += connection.recv(65536)
+        connection.sendall(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/csv\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"e\r\nage,workclass\n\r\n"
+        )
+
+
+@pytest.fixture
+def cut_response_url():
+    """URL of a loopback server that cuts its one response short, as a daemon failing mid-stream does."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(30)
+    server = threading.Thread(target=_serve_cut_response, args=(listener,), daemon=True)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        server.join(timeout=30)
+        listener.close()
+
+
+def test_client_cut_stream_writes_nothing(cut_response_url, tmp_path):
+    path = tmp_path / "rows.csv"
+    with Client(cut_response_url, "some-token-value-1234") as client:
+        with pytest.raises(ClientError) as raised:
+            client.sample_to_file(path, rows=1000)
+    message = str(raised.value)
+    assert "failed after it was sent" in message
+    assert f"nothing was written to {path}" in message
+    assert "is the daemon running" not in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_client_cut_response_message(cut_response_url):
+    with Client(cut_response_url, "some-token-value-1234") as client:
+        with pytest.raises(ClientError) as raised:
+            client.sample(rows=1000)
+    assert "failed after it was sent" in str(raised.value)
+    assert "see the daemon's log" in str(raised.value)
 
 
 def test_client_stopped_daemon(nodes):
