@@ -99,7 +99,8 @@ def _lookup_tables(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     table = np.where(empty[:, None], 1.0, table)
     mass = np.where(empty[:, None], float(width), mass)
 
-    cumulative = np.cumsum(table / mass, axis=1)
+    # Rounding can lift a partial sum just above 1 before a tiny last cell; capping keeps rows monotone.
+    cumulative = np.minimum(np.cumsum(table / mass, axis=1), 1.0)
     last_positive = width - 1 - np.argmax(table[:, ::-1] > 0, axis=1)
     cumulative[np.arange(width)[None, :] >= last_positive[:, None]] = 1.0
 
