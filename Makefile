@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml | system-deps
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m p2psynth.demo --out $(DEMO_DIR)
+	$(BIN)/python -m p2psynth.demo --out $(DEMO_DIR) --force
 
 # pytest exits 5 when it collects no tests; that is not a failure.
 test: $(STAMP)

@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-api", action="store_true", help="do not serve the local HTTP API")
     run.add_argument("--anti-entropy-s", type=float, nargs=2, metavar=("MIN", "MAX"), default=(5.0, 10.0),
                      help="interval between anti-entropy rounds, in seconds (default: 5 10)")
+    run.add_argument("--model-debounce-s", type=float, nargs=2, metavar=("ALL", "INCOMPLETE"), default=(0.5, 3.0),
+                     help="seconds without a new release before refitting the model, when every member has a "
+                          "release and while some have none (default: 0.5 3)")
     run.set_defaults(handler=_run_node)
     node.set_defaults(handler=lambda args: _print_help(node))
 
@@ -292,8 +295,13 @@ def _run_node(args: argparse.Namespace) -> int:
     from p2psynth.daemon import DaemonOptions, run_daemon
 
     low, high = args.anti_entropy_s
+    complete, incomplete = args.model_debounce_s
     options = DaemonOptions(
-        serve_api=not args.no_api, anti_entropy_min_interval_s=low, anti_entropy_max_interval_s=high
+        serve_api=not args.no_api,
+        anti_entropy_min_interval_s=low,
+        anti_entropy_max_interval_s=high,
+        model_debounce_s=complete,
+        model_incomplete_debounce_s=incomplete,
     )
     return run_daemon(args.config, options=options)
 

@@ -52,6 +52,7 @@ class DaemonOptions:
     anti_entropy_min_interval_s: float = 5.0
     anti_entropy_max_interval_s: float = 10.0
     model_debounce_s: float = 0.5
+    model_incomplete_debounce_s: float = 3.0
     serve_api: bool = True
     network_seed: int | None = None
 
@@ -93,6 +94,8 @@ class NodeDaemon:
             schema_fingerprint=self.schema.fingerprint,
             models_dir=config.folder / "models",
             debounce_s=options.model_debounce_s,
+            incomplete_debounce_s=options.model_incomplete_debounce_s,
+            members=lambda: set(self.members.by_key),
         )
         self.network = NetworkService(
             private_key=self.node.key,

@@ -141,6 +141,8 @@ class LocalNetwork:
 
     nodes: list[LocalNode]
     anti_entropy_s: tuple[float, float] = (1.0, 2.0)
+    # Quiet seconds before a refit: with every member's release, and while some are missing.
+    model_debounce_s: tuple[float, float] = (0.5, 3.0)
     log_level: str = "INFO"
     # Processes started and not yet reaped, for the guaranteed clean-up.
     _started: list[subprocess.Popen] = field(default_factory=list)
@@ -154,6 +156,7 @@ class LocalNetwork:
             sys.executable, "-m", "p2psynth", "--log-level", self.log_level,
             "node", "run", "--config", str(node.config_path),
             "--anti-entropy-s", str(self.anti_entropy_s[0]), str(self.anti_entropy_s[1]),
+            "--model-debounce-s", str(self.model_debounce_s[0]), str(self.model_debounce_s[1]),
         ]
         log_file = open(node.folder / "node.log", "ab")
         node.process = subprocess.Popen(

@@ -5,7 +5,11 @@ tells from the store whether the set of current releases differs from the one
 the model was fitted to, and the fit itself runs in a worker thread, so the
 networking tasks keep running while a model is fitted. Bursts of arriving
 releases are debounced: a refit starts once no new release has arrived for
-``debounce_s`` (or after ``max_delay_s`` at the latest).
+``debounce_s`` (or after ``max_delay_s`` at the latest). While some members
+have no release yet, the quiet period is ``incomplete_debounce_s`` instead,
+because members that publish together would otherwise cost one full fit per
+arrival. Only releases of current members are used, so removing a key from
+the members file removes its releases from the next model.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import trio
 
@@ -52,14 +57,19 @@ class ModelKeeper:
         schema_fingerprint: str,
         models_dir: Path,
         debounce_s: float = 0.5,
-        max_delay_s: float = 5.0,
+        incomplete_debounce_s: float = 3.0,
+        max_delay_s: float = 15.0,
+        members: Callable[[], set[bytes]] | None = None,
     ) -> None:
         self._store = store
         self._domain = domain
         self._fingerprint = schema_fingerprint
         self._models_dir = models_dir
         self._debounce_s = debounce_s
+        self._incomplete_debounce_s = incomplete_debounce_s
         self._max_delay_s = max_delay_s
+        # Returns the current member keys; None uses every stored author.
+        self._members = members
         # Set whenever a release was stored; cleared when a refit starts.
         self._changed = trio.Event()
         self.state = ModelState(None, None, (), None, None, "no releases yet", None)
@@ -71,12 +81,26 @@ class ModelKeeper:
         """Record that the store changed; a refit follows after the debounce."""
         self._changed.set()
 
+    def current_rows(self):
+        """Return the stored current releases of current members."""
+        rows = self._store.current_releases()
+        if self._members is None:
+            return rows
+        members = self._members()
+        return [row for row in rows if row.author in members]
+
     def pending_key(self) -> tuple[bytes, ...] | None:
         """Return the current release ids if they differ from the fitted ones, else None."""
-        key = tuple(sorted(row.release_id for row in self._store.current_releases()))
+        key = tuple(sorted(row.release_id for row in self.current_rows()))
         if not key or key == self._fitted_key:
             return None
         return key
+
+    def _quiet_period_s(self) -> float:
+        if self._members is None:
+            return self._debounce_s
+        authors = {row.author for row in self.current_rows()}
+        return self._debounce_s if authors >= self._members() else self._incomplete_debounce_s
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         self._load_latest_model_file()
@@ -92,7 +116,7 @@ class ModelKeeper:
         deadline = trio.current_time() + self._max_delay_s
         while trio.current_time() < deadline:
             self._changed = trio.Event()
-            with trio.move_on_after(self._debounce_s):
+            with trio.move_on_after(self._quiet_period_s()):
                 await self._changed.wait()
                 continue
             return
@@ -102,7 +126,7 @@ class ModelKeeper:
         key = self.pending_key()
         if key is None:
             return
-        rows = self._store.current_releases()
+        rows = self.current_rows()
         entries = [ReleaseEntry(row.release_id, decode_release(row.data)) for row in rows]
         entries = current_entries(entries)
 
