@@ -39,6 +39,10 @@ class PublishRequest(BaseModel):
     epsilon: float | None = Field(default=None, gt=0, description="epsilon of this release; default from node.toml")
 
 
+class BlockedPeersRequest(BaseModel):
+    public_keys: list[str] = Field(description="hex Ed25519 public keys of members to block; empty unblocks all")
+
+
 class SampleRequest(BaseModel):
     rows: int = Field(ge=0, le=MAX_ROWS, description="number of synthetic rows")
     seed: int | None = Field(default=None, ge=0, description="seed for reproducible rows; random if omitted")
@@ -124,6 +128,20 @@ def create_app(daemon) -> FastAPI:
                     "budget": _json_safe(daemon.status()["budget"]),
                 },
             )
+
+    @app.put("/v1/peers/blocked", dependencies=[Depends(authorize)])
+    async def set_blocked(request: BlockedPeersRequest) -> dict[str, Any]:
+        """Refuse all exchange with these members (a partition); an empty list lifts it."""
+        keys = set()
+        for text in request.public_keys:
+            try:
+                key = bytes.fromhex(text)
+            except ValueError:
+                key = b""
+            if len(key) != 32:
+                raise HTTPException(status_code=422, detail=f"public_keys: {text!r} is not 64 hex characters")
+            keys.add(key)
+        return {"blocked": await daemon.set_blocked(keys)}
 
     @app.get("/v1/sample", dependencies=[Depends(authorize)])
     async def sample_get(
