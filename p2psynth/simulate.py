@@ -51,8 +51,8 @@ def run_scenario(
 ) -> Path:
     """Run every sweep value of a scenario with real node processes and return the report folder.
 
-    The report folder is ``out_dir/<scenario name>-seed<seed>-<UTC time>``; it
-    holds summary.md, measurements.csv, summary.json, the plots and, under
+    The report folder is ``out_dir/<scenario name>-seed<seed>-<UTC time>``. It
+    contains summary.md, measurements.csv, summary.json, the plots and, under
     ``work/``, the node folders with their logs. ``seed`` overrides the
     scenario's seed. ``progress`` receives one line per step (default: stderr).
     Raises ScenarioError (a ConfigError) for an invalid scenario.

@@ -3,13 +3,15 @@
 On the host's loopback every process can reach every port, so a partition
 needs a place where connections can be cut. Each node here runs in its own
 network namespace (``ip netns``) that has nothing but a loopback interface.
-The only way between two namespaces is the simulator's relay: for every dial
-``a -> b`` of the topology, the relay listens on 127.0.0.1 inside a's
-namespace and forwards each connection to b's listen port inside b's
-namespace, and a's bootstrap list names the relay's port with b's peer id.
-libp2p authenticates the peer id in the Noise handshake, so the relay is
-invisible to the nodes. Addresses that identify reports (a peer's real listen
-port) lead nowhere from another namespace, so nodes cannot bypass the relay.
+The only way between two namespaces is the simulator's relay. For every dial
+``a -> b`` of the topology, the relay listens inside a's namespace on
+127.0.0.1 at b's listen port and forwards each connection to b's namespace,
+and the same the other way round. So b's address, whether a has it from its
+bootstrap list or from identify, reaches b only through the relay. libp2p
+authenticates the peer id in the Noise handshake, so the relay is invisible
+to the nodes. Relay ports of their own, named in the bootstrap lists, would
+not do: after a disconnect, py-libp2p 0.8.1 redials only the address the peer
+reported through identify, so a cut link would never come back.
 
 A partition makes the relay reset the open connections between the groups
 and reset new ones as soon as they arrive; healing lets connections through
@@ -125,17 +127,26 @@ class Relay:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=COMMAND_TIMEOUT_S)
 
     def forward(self, *, listen_namespace: str | None, target_namespace: str, target_port: int,
-                pair: frozenset | None, avoid_ports: set[int]) -> int:
-        """Listen on 127.0.0.1 in ``listen_namespace`` and forward to the target; return the port."""
-        link = _Link(listen_namespace, target_namespace, target_port, pair)
-        return self._call(self._open(link, avoid_ports))
+                pair: frozenset | None, listen_port: int = 0, avoid_ports: frozenset[int] = frozenset()) -> int:
+        """Listen on 127.0.0.1:``listen_port`` in ``listen_namespace`` and forward to the target; return the port.
 
-    async def _open(self, link: _Link, avoid_ports: set[int]) -> int:
+        With ``listen_port`` 0 the kernel chooses a port outside ``avoid_ports``.
+        """
+        link = _Link(listen_namespace, target_namespace, target_port, pair)
+        return self._call(self._open(link, listen_port, avoid_ports))
+
+    async def _open(self, link: _Link, listen_port: int, avoid_ports: frozenset[int]) -> int:
         for _ in range(20):
             listener = _socket_in(link.listen_namespace)
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind((LOOPBACK, 0))
-            if listener.getsockname()[1] not in avoid_ports:
+            try:
+                listener.bind((LOOPBACK, listen_port))
+            except OSError as exc:
+                listener.close()
+                raise ScenarioError(
+                    f"the relay cannot listen on 127.0.0.1:{listen_port} in namespace {link.listen_namespace}: {exc}"
+                ) from exc
+            if listen_port or listener.getsockname()[1] not in avoid_ports:
                 break
             listener.close()
         else:
@@ -250,6 +261,8 @@ class NamespaceLauncher:
         self._namespaces: list[str] = []
         self._node_ports: set[int] = set()
         self._api_ports: dict[str, tuple[int, int]] = {}
+        # (namespace, port) pairs where the relay already listens for a peer.
+        self._peer_links: set[tuple[str, int]] = set()
         self.relay = Relay()
         try:
             for node in nodes:
@@ -267,14 +280,24 @@ class NamespaceLauncher:
         self._node_ports.add(node.port)
 
     def address_of(self, source: LocalNode, target: LocalNode) -> str:
-        port = self.relay.forward(
-            listen_namespace=self.network.namespace_of[source.name],
-            target_namespace=self.network.namespace_of[target.name],
-            target_port=target.port,
-            pair=frozenset((source.name, target.name)),
-            avoid_ports=self._node_ports,
-        )
-        return f"/ip4/{LOOPBACK}/tcp/{port}/p2p/{target.peer_id}"
+        """Link the two namespaces both ways and return ``target``'s own address.
+
+        Inside source's namespace the relay listens on target's listen port
+        (and the other way round), so the bootstrap address and the address
+        the peer reports through identify both lead through the relay. A node
+        redialing after a heal uses whichever its peerstore holds.
+        """
+        pair = frozenset((source.name, target.name))
+        for here, there in ((source, target), (target, source)):
+            key = (self.network.namespace_of[here.name], there.port)
+            if key in self._peer_links:
+                continue
+            self.relay.forward(
+                listen_namespace=key[0], listen_port=there.port,
+                target_namespace=self.network.namespace_of[there.name], target_port=there.port, pair=pair,
+            )
+            self._peer_links.add(key)
+        return target.address
 
     def add_node(self, node: LocalNode, *, dials: Sequence[LocalNode] = ()) -> None:
         self.network.nodes.append(node)
@@ -303,7 +326,7 @@ class NamespaceLauncher:
         if known is None or known[0] != api_port:
             relay_port = self.relay.forward(
                 listen_namespace=None, target_namespace=self.network.namespace_of[node.name],
-                target_port=api_port, pair=None, avoid_ports=self._node_ports,
+                target_port=api_port, pair=None, avoid_ports=frozenset(self._node_ports),
             )
             known = self._api_ports[node.name] = (api_port, relay_port)
         config = load_node_config(node.config_path)

@@ -15,7 +15,7 @@ from os.urandom, and offers no way to seed it. A release measured by the
 simulator in the node's folder (with SQLite's locking, also while the daemon
 runs) uses ``SecureRandom(seed=...)`` derived from the scenario seed, the node
 name and the release number, so a run can be repeated. Such a seed is for
-simulations only: anyone who knows it can subtract the noise.
+simulations only, because anyone with the seed can subtract the noise.
 
 Misbehaviour kinds, applied to an honest MST measurement of the member's
 table (``factor`` is the scenario's multiplier):
@@ -45,7 +45,7 @@ from p2psynth.measurement import measure_mst
 from p2psynth.members import load_members
 from p2psynth.noise import SEED_BYTES, SecureRandom
 from p2psynth.nodefolder import measure_and_publish, open_node
-from p2psynth.release import Release, release_id
+from p2psynth.release import release_id
 from p2psynth.schema import load_schema
 from p2psynth.validation import plausibility_problem
 from simulations.scenario import ScenarioError
@@ -121,7 +121,7 @@ def publish_misbehaving(
 
 
 def distort(measurements: list[Measurement], *, kind: str, factor: float) -> list[Measurement]:
-    """Return the measurements with counts changed as ``kind`` says (see the module header)."""
+    """Return the measurements with counts changed for ``kind`` (see the module header)."""
     pairs = [i for i, m in enumerate(measurements) if len(m.attributes) == 2]
     if kind == "inflate_all":
         chosen = range(len(measurements))
@@ -146,6 +146,3 @@ def expected_current(records: list[ReleaseRecord]) -> set[str]:
         highest[record.author] = max(highest.get(record.author, 0), record.epoch)
     return {r.release_id for r in records if r.epoch == highest[r.author]}
 
-
-def release_summary(release: Release) -> dict:
-    return {"sequence": release.sequence, "epoch": release.epoch, "measurements": len(release.measurements)}

@@ -207,17 +207,20 @@ def _plot_convergence(path: Path, results: Sequence[RunResult]) -> None:
 
     figure, axis = plt.subplots(figsize=(9, 4))
     for result in results:
-        points = [(row["t_s"], row["value"]) for row in result.rows if row["metric"] == "converged_share"]
-        if points:
-            times, shares = zip(*points)
-            axis.plot(times, shares, drawstyle="steps-post", label=result.label, linewidth=1.2)
+        for metric, style, what in (("converged_share", "-", "converged"), ("releases_held_share", "--",
+                                                                             "holds every release")):
+            points = [(row["t_s"], row["value"]) for row in result.rows if row["metric"] == metric]
+            if points:
+                times, shares = zip(*points)
+                axis.plot(times, shares, linestyle=style, drawstyle="steps-post", linewidth=1.2,
+                          label=f"{result.label}: {what}")
     if len(results) == 1:
         for event in results[0].summary["events"]:
             axis.axvline(event["at_s"], color="#999999", linestyle=":", linewidth=0.8)
             axis.text(event["at_s"], 1.03, str(event["index"]), fontsize=7, ha="center", color="#555555")
     axis.set_ylim(-0.02, 1.08)
     axis.set_xlabel("seconds since the run started")
-    axis.set_ylabel("share of live nodes converged")
+    axis.set_ylabel("share of live nodes")
     axis.set_title("Convergence while waiting (event numbers on top)")
     axis.legend(fontsize=8)
     figure.tight_layout()

@@ -19,7 +19,6 @@ value)`` of the report's CSV.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -33,7 +32,9 @@ from p2psynth.nodefolder import init_node, open_node
 from p2psynth.schema import Schema
 from simulations import quality
 from simulations.launch import DirectLauncher, local_node
-from simulations.nodes import apply_topology, build_nodes, components, render_members, topology_edges
+from simulations.nodes import (
+    apply_topology, build_nodes, components, render_members, set_bootstrap, topology_edges,
+)
 from simulations.releases import ReleaseRecord, expected_current, noise_seed, publish_misbehaving, publish_seeded
 from simulations.scenario import Event, Scenario, ScenarioError, expand_nodes
 from simulations.splits import Table, describe_parts, split_rows, write_parts
@@ -48,7 +49,7 @@ Progress = Callable[[str], None]
 
 @dataclass
 class Expectations:
-    """Which releases each node should hold, as far as the simulator caused them."""
+    """Release ids each node should hold, for the releases the simulator caused."""
 
     # Every release the simulator made or asked for, by id.
     records: dict[str, ReleaseRecord] = field(default_factory=dict)
@@ -242,12 +243,10 @@ class ScenarioRun:
             release_epsilon=max(self.scenario.nodes.release_epsilons), delta=self.scenario.nodes.delta, api_port=0,
         )
         outsider = local_node(config.folder)
-        # The outsider believes in the network: its own list names every member and itself.
+        # The outsider's own members file lists every member and itself, so it accepts their releases.
         (outsider.folder / "members.toml").write_text(
             render_members(self.nodes, extra=[(name, outsider.public_key)]), encoding="utf-8")
         targets = [self.by_name[n] for n in expand_nodes(event.connect_to, self.scenario.nodes.names)]
-        from simulations.nodes import set_bootstrap
-
         self.launcher.add_node(outsider, dials=targets)
         set_bootstrap(outsider, [self.launcher.address_of(outsider, t) for t in targets])
         record = publish_seeded(outsider.config_path, name=name, epsilon=max(self.scenario.nodes.release_epsilons),
@@ -278,6 +277,7 @@ class ScenarioRun:
             elapsed = time.monotonic() - started
             self._record(metric="converged_share", value=round(state["share"], 4))
             self._record(metric="model_ids", value=state["model_ids"])
+            self._record(metric="releases_held_share", value=round(state["held_share"], 4))
             if state["converged"]:
                 converged = True
                 break
@@ -325,6 +325,7 @@ class ScenarioRun:
 
     def _convergence(self) -> dict:
         done = 0
+        held = 0
         live = 0
         model_ids = set()
         for group in self._groups():
@@ -339,6 +340,7 @@ class ScenarioRun:
                 stored = (status.get("releases") or {}).get("stored")
                 used = set(model.get("releases") or [])
                 ids_by_target.setdefault(frozenset(target), set()).add(model.get("model_id"))
+                held += stored == len(target)
                 ready[name] = bool(model.get("model_id")) and stored == len(target) and used == self.expect.current(target)
 
             # Nodes holding the same releases must also hold the same model id.
@@ -349,7 +351,8 @@ class ScenarioRun:
             done += sum(ready.values())
         model_ids.discard(None)
         return {"converged": live > 0 and done == live, "done": done, "live": live,
-                "share": done / live if live else 0.0, "model_ids": len(model_ids)}
+                "share": done / live if live else 0.0, "model_ids": len(model_ids),
+                "held_share": held / live if live else 0.0}
 
     def _commit_convergence(self) -> None:
         for group in self._groups():
@@ -439,6 +442,3 @@ def _store_has(node: LocalNode, release_hex: str) -> bool:
     with open_node(node.config_path) as opened:
         return opened.store.has_release(bytes.fromhex(release_hex))
 
-
-def dump_json(path: Path, value) -> None:
-    path.write_text(json.dumps(value, indent=2, sort_keys=True, default=str), encoding="utf-8")
