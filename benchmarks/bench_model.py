@@ -3,9 +3,9 @@
 The setup mirrors a small p2psynth network: the rows of Adult (48,842 rows,
 14 coded attributes) are shuffled and split evenly over ``--nodes`` nodes.
 Each node measures all 1-way marginals and a tree of pairs chosen MST style on
-its own rows: the pair scores are L1 distances between the pair's counts and
+its own rows. A pair's score is the L1 distance between the pair's counts and
 the product of its 1-way marginals, perturbed with Gumbel noise as the
-exponential mechanism would, so different nodes choose different trees and
+exponential mechanism would. So different nodes choose different trees, and
 their union has cycles. Noise is numpy's normal distribution rounded to
 integers, with the standard deviations that zCDP would assign at the given
 epsilon and delta per node (a third of rho for 1-way marginals, a third for the

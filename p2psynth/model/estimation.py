@@ -24,12 +24,12 @@ Choices and their reasons:
   a constant only. Combining first makes the cost of an iteration independent
   of the number of authors.
 - Row totals. Measurements tagged with the same ``source`` (for example the
-  author's public key) count rows of one table, whose size is estimated as the
-  inverse-variance weighted mean of those measurements' totals (a total over
-  ``k`` cells has noise variance ``k * sigma^2``), clipped at 1. Different
-  sources are different tables drawn from one population, so the model describes
-  their union, of ``sum_s T_s`` rows. Without sources all measurements count
-  rows of one table.
+  author's public key) count rows of one table. Its size is estimated as the
+  inverse-variance weighted mean of those measurements' totals, clipped at 1,
+  because a total over ``k`` cells has noise variance ``k * sigma^2``.
+  Different sources are different tables drawn from one population, so the
+  model describes their union, of ``sum_s T_s`` rows. Without sources all
+  measurements count rows of one table.
 - Step size: Armijo backtracking on the sufficient-decrease condition of mirror
   descent, halving on failure and growing by ``_STEP_GROWTH`` after each
   accepted step, so the step tracks the local curvature instead of the global
@@ -136,7 +136,7 @@ def fit_model(
     """Fit a graphical model over ``domain`` that explains ``measurements``.
 
     ``sources``, if given, has one entry per measurement naming the table it
-    counts (such as the author's key); see the module header for how totals
+    counts, such as the author's key. The module header explains how totals
     follow from it. Over the size caps the fit raises ModelError naming the
     cliques, unless ``drop_cliques_over_cap`` lets it drop the least precise
     measured cliques that do not fit. Iteration stops after ``max_iterations``,
