@@ -5,16 +5,24 @@ as a random sparse graph (each new node dials ``--degree`` random earlier
 nodes, so the graph is connected) or as a full mesh. Each node keeps its
 releases in memory (``MemoryReleases``, with the real strict decoder). Each
 run, a randomly chosen node stores a new signed release of about
-``--size-kb`` kilobytes and announces it; the run ends when every other node
-has accepted the body. Reported per N and size, over ``--runs`` runs: the
-median (p50), 95th percentile and maximum of that time, the sync bytes sent
-per host per run (release bodies and sync requests; gossip traffic is not
-counted), how many bodies arrived by announcement-triggered pull versus
-anti-entropy, and the process RSS.
+``--size-kb`` kilobytes and announces it. The run ends when every other node
+has accepted the body. Reported per N and size, over ``--runs`` runs:
 
-All hosts share one Python process and so one core: the times include
-every host's CPU work done one after another, so they overstate what N
-machines would see on a network but understate network latency.
+- the median (p50), 95th percentile and maximum of that time;
+- sync bytes sent per host per run: release bodies and sync requests, not
+  gossip traffic;
+- the share of bodies that arrived by the pull that an announcement
+  triggers (the rest came by anti-entropy);
+- the RSS of the process.
+
+Each case runs in a child process of its own, so that its RSS is its own.
+All hosts of a case share that one Python process and so one core: the times
+include every host's CPU work done one after another, so they overstate
+what N machines would see on a network but understate network latency.
+"CPU busy" is the process CPU time over the wall time of the runs. Below
+100 %, the process was waiting for I/O, for timers or for a core that other
+processes had. The load average printed with the table shows how busy the
+machine was.
 
 Run: /work/venv/bin/python benchmarks/bench_gossip.py --nodes 10 25 50 --runs 5
 """
@@ -200,8 +208,8 @@ def print_table(rows: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nodes", type=int, nargs="+", default=[10, 25, 50], help="host counts to run")
-    parser.add_argument("--size-kb", type=int, nargs="+", default=[300], help="release sizes in KB")
+    parser.add_argument("--nodes", type=int, nargs="+", default=[10, 25, 50], help="numbers of hosts, one case each")
+    parser.add_argument("--size-kb", type=int, nargs="+", default=[300], help="release sizes in KB, one case each")
     parser.add_argument("--runs", type=int, default=5, help="publishes per case (default %(default)s)")
     parser.add_argument("--topology", choices=["sparse", "full"], default="sparse")
     parser.add_argument("--degree", type=int, default=3, help="dials per new node in the sparse graph")

@@ -1,9 +1,9 @@
 """Bad input against a running node: broken sync frames and invalid gossip.
 
-A raw libp2p host (Noise and Yamux like a node, but without the node's
-checks) connects to a NetworkService on 127.0.0.1 and sends what a broken
-peer might: garbage, truncated and oversized frames, a stream that never
-writes, and invalid announcements. Each case must be counted under its
+A raw libp2p host connects to a NetworkService on 127.0.0.1. It speaks Noise
+and Yamux like a node, but without the node's checks, and sends what a
+broken peer might: garbage, truncated and oversized frames, a stream that
+never writes, and invalid announcements. Each case must be counted under its
 reason and leave the service serving valid requests.
 """
 
@@ -81,7 +81,7 @@ def inbound_errors(node: Node, host) -> dict:
 
 
 async def have_request_succeeds(host, node: Node) -> dict:
-    """Send a valid HAVE on a fresh stream and return the decoded answer."""
+    """Send a valid HAVE on a fresh stream and return the decoded response."""
     stream = await host.new_stream(node.service.host.get_id(), [SYNC_PROTOCOL_ID])
     await write_frame(stream, encode_request(HaveRequest({})))
     with trio.fail_after(DEADLINE_S):
@@ -139,13 +139,13 @@ def test_half_written_frame_times_out():
     trio.run(main)
 
 
-def test_stream_limit_per_peer_refuses_extra_streams():
+def test_stream_limit_per_peer_rejects_extra():
     async def main():
         async with trio.open_nursery() as nursery:
             limits = SyncLimits(read_timeout_s=2.0, max_inbound_streams_per_peer=2)
             node = await start_node(nursery, 1, sync=limits)
             async with raw_peer(node.service) as (host, _):
-                # Two silent streams hold both slots; the third is refused as busy.
+                # Two silent streams hold both slots; the third is rejected as busy.
                 for _ in range(3):
                     await send_raw(host, node, b"", close=False)
                 await wait_until(lambda: inbound_errors(node, host).get("inbound:busy") == 1)
@@ -154,8 +154,8 @@ def test_stream_limit_per_peer_refuses_extra_streams():
     trio.run(main)
 
 
-def test_non_member_stream_refused():
-    """The sync handler alone (without the service, which would disconnect first) refuses non-members."""
+def test_non_member_stream_rejected():
+    """The sync handler alone (without the service, which would disconnect first) rejects non-members."""
 
     async def main():
         member = fixed_key(1).public_key().public_bytes_raw()
@@ -209,7 +209,7 @@ def test_invalid_announcements_rejected_by_validator():
                 await wait_until(lambda: rejected("bad_signature") == 1)
 
                 # A valid announcement passes the format checks, but the node forwards it only
-                # once it holds the body. The raw peer serves no sync protocol, so the pull
+                # once it has stored the body. The raw peer serves no sync protocol, so the pull
                 # fails, is counted and is queued for retries.
                 data, _ = make_release(fixed_key(9), sequence=1)
                 valid = sign_announcement(

@@ -1,7 +1,7 @@
 """Real libp2p hosts in one process on 127.0.0.1: gossip, pulls, anti-entropy, security.
 
 Rules for these tests: every socket listens on 127.0.0.1 with an OS-chosen
-port; every wait is on a condition under a trio.fail_after deadline; every
+port. Every wait is on a condition under a trio.fail_after deadline. Every
 service is stopped before the test returns. Releases are real signed
 releases from tests/releasefactory.py.
 """
@@ -21,7 +21,7 @@ from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTr
 from releasefactory import FINGERPRINT, fixed_key, make_release
 
 from p2psynth.errors import NetworkError
-from p2psynth.network import GossipConfig, NetworkConfig, NetworkService, ReleaseVerdict, SyncLimits
+from p2psynth.network import NetworkConfig, NetworkService, ReleaseVerdict, SyncLimits
 from p2psynth.network.host import libp2p_key_pair, muxer_options
 from p2psynth.network.memory import MemoryReleases
 from p2psynth.release import decode_release, release_id
@@ -50,7 +50,7 @@ class Node:
 
 
 def make_config(**overrides) -> NetworkConfig:
-    """Test configuration: fast dial retries, and periodic anti-entropy rare unless a test asks."""
+    """Return a test configuration: fast dial retries, and anti-entropy rounds only every 60 s unless overridden."""
     settings = dict(
         network_id=NETWORK_ID,
         schema_fingerprint=FINGERPRINT,
@@ -222,7 +222,7 @@ def test_stop_closes_within_deadline():
                 b = await start_node(nursery, 2, bootstrap=tuple(a.service.addresses()))
                 await wait_until(lambda: a.service.peers())
                 stop_all(a, b)
-        # Both run() calls returned, so the nursery closed; a second run is refused.
+        # Both run() calls returned, so the nursery closed; a second run raises.
         with pytest.raises(NetworkError):
             await a.service.run()
 

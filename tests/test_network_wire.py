@@ -293,10 +293,10 @@ def test_responses_round_trip():
     assert response.more is True
 
 
-def test_error_response_raises_refused():
+def test_error_response_raises_rejected():
     with pytest.raises(SyncProtocolError) as caught:
         decode_have_response(encode_error_response("busy"), max_authors=4)
-    assert caught.value.reason == "refused"
+    assert caught.value.reason == "rejected"
 
 
 def test_response_limits_enforced():
@@ -370,3 +370,12 @@ def test_memory_releases_serve_in_order():
     assert store.latest_sequences() == {author: 3}
     assert store.releases_after(author, 1, limit=5) == [bodies[2], bodies[0]]
     assert store.get_release(content_id(bodies[1])) == bodies[1]
+
+
+def test_content_id_matches_release_id():
+    from releasefactory import make_release
+
+    from p2psynth.release import release_id
+
+    data, _ = make_release()
+    assert content_id(data) == release_id(data)

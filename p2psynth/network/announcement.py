@@ -1,15 +1,15 @@
 """Release announcements: the small signed message that gossip carries.
 
-An announcement tells the network that a release exists: its id (SHA-256 of
+An announcement states that a release exists: its id (SHA-256 of
 the release bytes), its author's Ed25519 public key, the author's sequence
 number and the body size. Peers then pull the body over the sync protocol.
 Bodies never travel by gossip because py-libp2p 0.8.1 silently drops gossip
 messages over 1 MiB and keeps full copies of recent messages in its router.
 
 The author signs the announcement with the same key that signs the release,
-separately from libp2p's per-message signature: libp2p signs for the peer that
-published the gossip message, which proves nothing about the release's author
-once a relay forwards or re-publishes it.
+separately from libp2p's per-message signature. libp2p signs for the peer
+that published the gossip message, and that proves nothing about the
+release's author once a relay forwards or re-publishes it.
 
 Wire format: a msgpack map with the keys in this fixed order::
 
@@ -37,7 +37,7 @@ from p2psynth.errors import NetworkError
 ANNOUNCEMENT_VERSION = 1
 SIGNATURE_CONTEXT = b"p2psynth/announce/v1\x00"
 
-# A canonical announcement is about 190 bytes; the limit leaves room for a
+# A canonical announcement is 176 to 188 bytes; the limit leaves room for a
 # later version without letting a peer make the validator parse much.
 MAX_ANNOUNCEMENT_BYTES = 1024
 

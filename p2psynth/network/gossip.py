@@ -14,18 +14,19 @@ Settings and why, for py-libp2p 0.8.1:
   a 1 s heartbeat to 30 s in a sparse 5-node network.
 - The router drops more than ``max_messages_per_s_per_peer`` (library default
   10) messages per second from one forwarder and topic, and each peer's
-  outbound queue holds 32 RPCs. Own announcements are therefore queued and
-  published at most one per ``publish_interval_s``; anything still lost is
-  recovered by the sync protocol's anti-entropy.
+  outbound queue has room for 32 RPCs. Own announcements are therefore
+  queued and published at most one per ``publish_interval_s``. Anything
+  still lost is recovered by the sync protocol's anti-entropy.
 - Store and forward: the topic validator is asynchronous and accepts an
-  announcement only once this node holds the release body (the service's
-  ``admit`` callback pulls it, from the peer that forwarded the announcement
-  first). A node therefore forwards an announcement only when it can serve
-  the body, and every peer it reaches can pull from the peer it came from. The
-  alternative, flooding announcements at once and pulling afterwards, sent
-  nodes several hops from the author to peers that did not have the body yet;
-  with 50 hosts most pulls then waited for retries or anti-entropy. The cost
-  is one body transfer of latency per hop.
+  announcement only once this node has stored the release body (the
+  service's ``admit`` callback pulls it, from the peer that forwarded the
+  announcement first). A node therefore forwards an announcement only when
+  it can serve the body, and every peer it reaches can pull from the peer it
+  came from. The alternative was to flood announcements at once and pull
+  afterwards. It sent nodes several hops from the author to peers that did
+  not have the body yet, so their first pulls failed and waited for a retry
+  or an anti-entropy round, and some bodies were sent twice. The cost of
+  store and forward is the time of one body transfer per hop.
 - The validator is guarded: an exception escaping a validator ends the whole
   process in this version, so every failure becomes a rejection that is
   counted. The library also caches a rejection for 300 s, so a body that could
@@ -35,6 +36,9 @@ Settings and why, for py-libp2p 0.8.1:
   ends the process, and the library's connect notification blocks until the
   pubsub service reads it. ``running()`` is therefore entered before
   ``host.run``.
+- Gossipsub 1.1 and 1.0 only. Version 1.2 adds IDONTWANT, which this library
+  version sends to every mesh peer for every message, whatever its size, so
+  for announcements of under 200 bytes it only adds control traffic.
 - A publisher receives its own messages; the receive loop skips them.
 """
 
@@ -49,7 +53,7 @@ from dataclasses import dataclass
 import trio
 from libp2p.abc import IHost
 from libp2p.peer.id import ID
-from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
@@ -139,7 +143,7 @@ class AnnouncementGossip:
         self._config = config
         self._is_member = is_member
         self.router = GossipSub(
-            protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID],
+            protocols=[PROTOCOL_ID_V11, PROTOCOL_ID],
             degree=config.mesh_degree,
             degree_low=config.mesh_degree_low,
             degree_high=config.mesh_degree_high,
@@ -179,8 +183,9 @@ class AnnouncementGossip:
         """Queue signed announcement bytes for publishing.
 
         Raises AnnouncementError if the bytes do not decode and verify, and
-        NetworkError when the queue is full (the release still spreads by
-        anti-entropy; retry later or raise ``publish_queue_size``).
+        NetworkError when the queue is full. The release still spreads by
+        anti-entropy then, and a caller that publishes in bursts can raise
+        ``publish_queue_size``.
         """
         decode_announcement(data, max_release_bytes=self._config.max_release_bytes)
         try:
@@ -198,7 +203,11 @@ class AnnouncementGossip:
         return set(self.router.mesh.get(self.topic, set()))
 
     async def validate(self, forwarder: ID, message: rpc_pb2.Message) -> bool:
-        """Topic validator: True for a member's valid announcement whose body we now hold; never raises."""
+        """Topic validator: True for a member's valid announcement whose body we now hold.
+
+        Every exception is caught and counted as a rejection; only trio's
+        Cancelled (the library's validation timeout) propagates.
+        """
         try:
             announcement = self._check(forwarder, message)
             if announcement is None:

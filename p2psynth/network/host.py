@@ -5,25 +5,25 @@ identity, so a peer id names a member: an Ed25519 peer id inlines the 32-byte
 public key (identity multihash), and ``public_key_from_peer_id`` recovers it
 without a lookup.
 
-Security is Noise only. ``libp2p.new_host`` 0.8.1 falls back to a default
-list that contains plaintext and secio when ``sec_opt`` is missing *or
-empty*, and a default host was seen to accept a plaintext-only peer; so the
-options are built here and checked to contain exactly Noise. The muxer is
-Yamux only: the default list adds mplex as a fallback, which moved raw
+Security is Noise only. When ``sec_opt`` is missing *or empty*,
+``libp2p.new_host`` 0.8.1 falls back to a default list that contains
+plaintext and secio, and a default host accepted a plaintext-only peer. So
+the options are built here and checked to contain exactly Noise. The muxer
+is Yamux only: the default list adds mplex as a fallback, which moved raw
 streams about 4 times slower on loopback.
 
 Dialing goes through ``dial_with_backoff``: exponential backoff with jitter,
 a bounded number of attempts, each under its own timeout. The swarm keeps a
-60-second "negative cache" of peers whose every address failed and rejects
-new dials to them without trying; every retry here clears that entry first,
-or the backoff would only ever see the cached failure.
+60-second "negative cache" of peers whose every address failed, and it
+rejects new dials to them without trying. Every retry here clears that entry
+first, or the backoff would only ever see the cached failure.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import multiaddr
 import trio
@@ -82,7 +82,7 @@ def public_key_from_peer_id(peer_id: ID | str) -> bytes:
     try:
         public_key = peer_id.extract_public_key()
     except Exception as exc:
-        raise NetworkError(f"cannot read a public key from peer id {peer_id}: {exc}") from exc
+        raise NetworkError(f"failed to read a public key from peer id {peer_id}: {exc}") from exc
     if not isinstance(public_key, Libp2pEd25519PublicKey):
         raise NetworkError(
             f"peer id {peer_id} does not inline an Ed25519 public key; p2psynth peers use Ed25519 keys"
@@ -151,8 +151,8 @@ def parse_multiaddrs(addresses: Iterable[str]) -> list[multiaddr.Multiaddr]:
 def peer_info_from_address(address: str) -> PeerInfo:
     """Parse a dialable address ``/ip4/.../tcp/.../p2p/<peer id>`` into a PeerInfo.
 
-    The ``/p2p/`` part is required: Noise then checks that the peer answering
-    at that address holds the key of that peer id.
+    The ``/p2p/`` part is required, because Noise then checks that the peer
+    listening at that address has the private key of that peer id.
     """
     (parsed,) = parse_multiaddrs([address])
     try:
@@ -198,6 +198,8 @@ async def dial_with_backoff(
     address and the last failure when every try fails, or at once for an
     unparsable address or our own peer id.
     """
+    if attempts < 1:
+        raise NetworkError(f"dial attempts must be at least 1, got {attempts}")
     info = peer_info_from_address(address)
     if info.peer_id == host.get_id():
         raise NetworkError(f"address {address!r} is this node's own address; remove it from the peer list")
@@ -233,7 +235,3 @@ def _forget_failed_dial(host: IHost, peer_id: ID) -> None:
     if unblock is not None:
         unblock(peer_id)
 
-
-def connected_peers(host: IHost) -> Sequence[ID]:
-    """Return the peer ids the host has at least one open connection to."""
-    return list(host.get_connected_peers())

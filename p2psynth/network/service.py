@@ -9,13 +9,14 @@ How a release spreads:
 
 1. The author's node stores the release, then calls ``announce_release``; the
    announcement is queued and gossiped (``gossip``).
-2. Every node that receives it asks the node's ``on_announcement`` callback
-   whether to pull (by default: when the store lacks the release id), then
-   fetches the body by id from the peer that forwarded the announcement,
-   which holds it because nodes forward only announcements whose body they
-   hold (see ``gossip``). Only then does the node forward the announcement in
-   turn. When that fetch fails, the node retries in the background, asking
-   the publisher and other peers with backoff.
+2. Every node that receives it calls the node's ``on_announcement`` callback,
+   which decides whether to pull (by default: when the store lacks the
+   release id). The node then fetches the body by id from the peer that
+   forwarded the announcement. That peer has the body, because nodes forward
+   only announcements whose body they have stored (see ``gossip``). Only then
+   does the node forward the announcement in turn. When that fetch fails,
+   the node retries in the background, asking the publisher and other peers
+   with backoff.
 3. Anti-entropy (``sync``): on every new connection and every 5 to 10 s
    (jittered, so nodes started together do not sync in lockstep) a node
    exchanges HAVE maps with some connected peers and pulls what it lacks. This
@@ -460,7 +461,7 @@ class NetworkService:
     # Anti-entropy ------------------------------------------------------------
 
     def _request_sync(self, peer_id: ID) -> None:
-        """Schedule a sync session with ``peer_id`` soon; never blocks."""
+        """Schedule a sync session with ``peer_id`` soon, without waiting (a full queue drops the request)."""
         if peer_id in self._syncing:
             self._resync.add(peer_id)
             return
@@ -487,7 +488,8 @@ class NetworkService:
                 next_round = trio.current_time() + next_anti_entropy_delay_s(self.config, self._rng)
 
     def _start_sync(self, nursery: trio.Nursery, limiter: trio.CapacityLimiter, peer_id: ID) -> None:
-        if peer_id in self._syncing:
+        # Opening a stream to a peer that has gone would make the swarm dial it again.
+        if peer_id in self._syncing or peer_id not in self.host.get_connected_peers():
             return
         if not self._may_sync_with(peer_id):
             nursery.start_soon(self._disconnect_non_member, peer_id)
@@ -517,6 +519,9 @@ class NetworkService:
         try:
             return bool(self._is_member(public_key_from_peer_id(peer_id)))
         except NetworkError:
+            return False  # not an Ed25519 peer id, so not a member
+        except Exception:  # a failing is_member must not stop anti-entropy
+            logger.exception("is_member failed for peer %s; treating it as a non-member", peer_id)
             return False
 
     async def _disconnect_non_member(self, peer_id: ID) -> None:
@@ -554,7 +559,7 @@ class NetworkService:
 
 
 class _ConnectNotifee(INotifee):
-    """Schedules a sync session for every new connection; never blocks the swarm."""
+    """Schedules a sync session for every new connection without waiting, so the swarm is not held up."""
 
     def __init__(self, on_connected: Callable[[ID], None]) -> None:
         self._on_connected = on_connected
@@ -588,8 +593,8 @@ async def _stop_auto_connector(host: IHost) -> None:
     connections by default, so always in a network of organizations) it
     re-dials, every 10 s, any peer whose address entered the peerstore: peers
     learned from identify or gossip records, and non-members this service
-    disconnected. It also logs its state at INFO on every pass. Here a node
-    dials only its configured bootstrap peers and whoever dials it.
+    disconnected. It also logs its state at INFO on every pass. A p2psynth
+    node dials only its configured bootstrap peers; other peers dial it.
     """
     auto_connector = getattr(host.get_network(), "auto_connector", None)
     if auto_connector is not None:

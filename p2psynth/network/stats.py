@@ -1,9 +1,9 @@
 """Counters of the network layer: traffic, protocol errors and rejections.
 
 A misbehaving or broken peer can send thousands of bad frames a second, so
-the network layer counts events here instead of logging each one. A warning
-for a given peer and reason is logged at most once per ``log_interval_s``;
-the counts stay exact. Per-peer counters are kept for at most
+the network layer counts events here instead of logging each one.
+``warn_limited`` logs a given peer and reason at most once per
+``log_interval_s``, while the counts stay exact. Per-peer counters are kept for at most
 ``max_tracked_peers`` peers; later peers are summed under ``OTHER_PEERS`` so
 that a peer churning through identities cannot grow memory without bound.
 """
@@ -102,7 +102,7 @@ class NetworkStatistics:
         self.peer(peer_id).releases[verdict] += 1
 
     def warn_limited(self, peer_id: str, reason: str, template: str, detail: str) -> None:
-        """Log ``template % (peer_id, reason, detail)`` at WARNING at most once per interval."""
+        """Log ``template % (peer_id, reason, detail)`` at WARNING unless this peer and reason were logged within the interval."""
         now = self._clock()
         key = (peer_id, reason)
         last = self._last_logged.get(key)

@@ -1,8 +1,8 @@
 """The sync protocol ``/p2psynth/sync/1.0.0``: pull releases from one peer.
 
-Gossip is lossy (py-libp2p 0.8.1 drops messages past a 32-slot queue per peer
+Gossip is lossy: py-libp2p 0.8.1 drops messages past a 32-slot queue per peer
 and past 10 messages per second per peer and topic, and a node that was down
-misses everything), so every node reconciles with its peers over this
+misses everything. So every node reconciles with its peers over this
 request/response protocol. Anti-entropy in the style of Demers et al., "Epidemic
 algorithms for replicated database maintenance" (PODC 1987): the initiator
 sends its latest sequence per author (HAVE), the responder returns its own
@@ -18,9 +18,9 @@ stream and counts the reason in ``NetworkStatistics`` (inbound reasons are
 prefixed ``inbound:``, failures of our own requests ``outbound:``).
 
 The layer never decodes a release. Bodies go to the node's ``accept_release``
-callback, which validates, stores and returns a ``ReleaseVerdict``; progress
-through an author's history is read back from ``ReleaseSource``, so a body the
-node rejects does not advance the pull.
+callback, which validates, stores and returns a ``ReleaseVerdict``. Progress
+through an author's history is read back from ``ReleaseSource``, so a body
+the node rejects does not advance the pull.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from p2psynth.network.wire import (
     GetAfterRequest,
     GetRequest,
     HaveRequest,
+    ReleasesResponse,
     Request,
     SyncProtocolError,
     decode_have_response,
@@ -69,7 +70,7 @@ MiB = 1024 * 1024
 
 
 class ReleaseSource(Protocol):
-    """What the sync layer reads from the node's store (``p2psynth.store.Store`` fits)."""
+    """Read access to the node's releases, as the sync layer needs it (``p2psynth.store.Store`` fits)."""
 
     def latest_sequences(self) -> dict[bytes, int]: ...
 
@@ -126,7 +127,7 @@ class SyncLimits:
 
 @dataclass(frozen=True)
 class PullPlan:
-    """One author whose history a peer holds further than we do."""
+    """An author whose releases a peer has up to a higher sequence than ours."""
 
     author: bytes
     local_sequence: int
@@ -135,7 +136,7 @@ class PullPlan:
 
 @dataclass
 class PullResult:
-    """What one pull brought: verdict counts, and the ids of bodies accepted or already held."""
+    """Outcome of one pull: verdict counts, and the ids of bodies accepted or already stored."""
 
     verdicts: Counter[str] = field(default_factory=Counter)
     received_ids: set[bytes] = field(default_factory=set)
@@ -201,15 +202,18 @@ class SyncProtocol:
     # Responder ---------------------------------------------------------------
 
     async def handle_stream(self, stream: INetStream) -> None:
-        """Serve one inbound session; never raises (except trio's cancellation)."""
+        """Serve one inbound session; every exception is caught, counted and ends in a stream reset.
+
+        Only trio's Cancelled propagates, when the host shuts down.
+        """
         peer = "<unknown>"
         try:
             peer_id = stream.muxed_conn.peer_id
             peer = str(peer_id)
-            refusal = self._admission_refusal(peer_id)
-            if refusal is not None:
-                self._statistics.count_error(peer, f"inbound:{refusal}")
-                await _send_refusal(stream, refusal)
+            rejection = self._admission_rejection(peer_id)
+            if rejection is not None:
+                self._statistics.count_error(peer, f"inbound:{rejection}")
+                await _send_rejection(stream, rejection)
                 return
             await self._serve_admitted(stream, peer_id)
         except Exception as exc:  # last guard: an exception here would end the process
@@ -238,7 +242,7 @@ class SyncProtocol:
             if self._inbound_by_peer[peer] <= 0:
                 del self._inbound_by_peer[peer]
 
-    def _admission_refusal(self, peer_id: ID) -> str | None:
+    def _admission_rejection(self, peer_id: ID) -> str | None:
         if self._is_member is not None:
             try:
                 member = self._is_member(public_key_from_peer_id(peer_id))
@@ -264,15 +268,17 @@ class SyncProtocol:
 
             request = decode_request(body, max_ids=self.limits.max_get_ids, max_authors=self.limits.max_authors)
             response = self._respond(request, peer_id)
-            with trio.fail_after(self.limits.request_timeout_s):
+            with trio.move_on_after(self.limits.request_timeout_s) as writing:
                 sent = await write_frame(stream, response)
+            if writing.cancelled_caught:
+                raise SyncProtocolError("write_timeout", f"response not taken within {self.limits.request_timeout_s} s")
             self._statistics.count_sent(peer, sent)
         raise SyncProtocolError(
             "too_many_requests", f"session exceeded {self.limits.max_requests_per_session} requests"
         )
 
     def _respond(self, request: Request, peer_id: ID) -> bytes:
-        # NOTE: the store is read synchronously on the event loop; a batch of
+        # NOTE: the store is read synchronously on the event loop. A batch of
         # 8 MiB from SQLite takes milliseconds, so a thread was not worth it.
         if isinstance(request, HaveRequest):
             latest = self._releases.latest_sequences()
@@ -290,13 +296,15 @@ class SyncProtocol:
             return encode_releases_response(batch, more=len(batch) < len(bodies) or len(bodies) == limit)
 
         if isinstance(request, GetRequest):
+            considered = request.release_ids[: self.limits.max_batch_releases]
             bodies = []
-            for release_id in request.release_ids[: self.limits.max_batch_releases]:
+            for release_id in considered:
                 data = self._releases.get_release(release_id)
                 if data is not None:
                     bodies.append(data)
             batch = self._fill_batch(bodies)
-            return encode_releases_response(batch, more=len(batch) < len(request.release_ids))
+            more = len(batch) < len(bodies) or len(considered) < len(request.release_ids)
+            return encode_releases_response(batch, more=more)
         raise TypeError(f"unhandled sync request {request!r}")
 
     def _fill_batch(self, bodies: list[bytes]) -> list[bytes]:
@@ -450,13 +458,13 @@ class _Session:
         body = await self._exchange(HaveRequest(latest))
         return decode_have_response(body, max_authors=self._limits.max_authors)
 
-    async def get_after(self, author: bytes, after: int):
+    async def get_after(self, author: bytes, after: int) -> ReleasesResponse:
         body = await self._exchange(GetAfterRequest(author, after, self._limits.max_batch_releases))
         return decode_releases_response(
             body, max_releases=self._limits.max_batch_releases, max_release_bytes=self._limits.max_release_bytes
         )
 
-    async def get(self, release_ids: list[bytes]):
+    async def get(self, release_ids: list[bytes]) -> ReleasesResponse:
         body = await self._exchange(GetRequest(tuple(release_ids)))
         return decode_releases_response(
             body, max_releases=len(release_ids), max_release_bytes=self._limits.max_release_bytes
@@ -486,12 +494,12 @@ class _Session:
         return SyncProtocolError(reason, f"{message} (peer {self.peer})")
 
 
-async def _send_refusal(stream: INetStream, reason: str) -> None:
-    """Answer a refused stream with an error frame, then close it; bounded to one second."""
+async def _send_rejection(stream: INetStream, reason: str) -> None:
+    """Send an error frame on a rejected stream, then close it; bounded to one second."""
     with trio.move_on_after(1.0):
         try:
             await write_frame(stream, encode_error_response(reason))
-        except Exception:  # the peer may be gone already; the refusal is counted either way
+        except Exception:  # the peer may be gone already; the rejection is counted either way
             pass
     await _close_quietly(stream)
 

@@ -2,11 +2,11 @@
 
 Every message is one frame: a 4-byte big-endian body length, then a msgpack
 map. The reader checks the length against a limit before reading the body,
-so a peer cannot make us buffer more than the limit, and the decoders check
-every field's type and range, so a handler only ever sees well-formed
+so a peer cannot make us buffer more than the limit. The decoders check
+every field's type and range, so a handler only ever gets well-formed
 requests. py-libp2p's own RequestResponse helper was not used: in 0.8.1 it
-failed above about 6.8 MB on Yamux whatever its size option said, while a
-length-prefixed loop on a raw stream moved 64 MB.
+failed above about 6.8 MB on Yamux whatever its size option was set to,
+while a length-prefixed loop on a raw stream moved 64 MB.
 
 Requests (initiator to responder) and their responses::
 
@@ -16,10 +16,10 @@ Requests (initiator to responder) and their responses::
         -> {"t": "releases", "releases": [bin, ...], "more": bool}
     {"t": "get", "ids": [bin(32), ...]}
         -> {"t": "releases", "releases": [bin, ...], "more": false}
-    any request that is refused
+    any request that is rejected
         -> {"t": "error", "reason": str}
 
-Sequences start at 1; ``after`` 0 asks for an author's releases from the first.
+Sequences start at 1, so ``after`` 0 requests an author's releases from the first.
 Every error here is a ``SyncProtocolError`` whose ``reason`` is a short
 stable token used as a statistics key.
 """
@@ -115,7 +115,7 @@ async def read_frame(stream: INetStream, *, max_bytes: int) -> bytes:
     if length > max_bytes:
         raise SyncProtocolError("oversized", f"frame declares {length} bytes, over the limit of {max_bytes}")
     if length == 0:
-        raise SyncProtocolError("malformed", "empty frame; every frame holds a msgpack map")
+        raise SyncProtocolError("malformed", "invalid empty frame; every frame contains a msgpack map")
     return await _read_exactly(stream, length, at_boundary=False)
 
 
@@ -153,7 +153,7 @@ def decode_request(body: bytes, *, max_ids: int, max_authors: int) -> Request:
     kind = message.get("t")
     if kind == "have":
         _expect_keys(message, {"t", "latest"})
-        return HaveRequest(_decode_latest(message["latest"], max_authors=max_authors))
+        return HaveRequest(_decode_latest(message["latest"], max_authors=max_authors, reason="bad_request"))
     if kind == "get_after":
         _expect_keys(message, {"t", "author", "after", "limit"})
         return GetAfterRequest(
@@ -185,7 +185,7 @@ def encode_error_response(reason: str) -> bytes:
 def decode_have_response(body: bytes, *, max_authors: int) -> dict[bytes, int]:
     message = _decode_response(body, "have", max_items=max_authors)
     _expect_keys(message, {"t", "latest"}, reason="bad_response")
-    return _decode_latest(message["latest"], max_authors=max_authors)
+    return _decode_latest(message["latest"], max_authors=max_authors, reason="bad_response")
 
 
 def decode_releases_response(body: bytes, *, max_releases: int, max_release_bytes: int) -> ReleasesResponse:
@@ -209,19 +209,22 @@ def _decode_response(body: bytes, expected: str, *, max_items: int) -> dict[str,
     kind = message.get("t")
     if kind == "error":
         reason = message.get("reason")
-        raise SyncProtocolError("refused", f"peer refused the request: {reason!r:.80}")
+        raise SyncProtocolError("rejected", f"peer rejected the request: {reason!r:.80}")
     if kind != expected:
         raise SyncProtocolError("bad_response", f"expected a {expected!r} response, got {kind!r:.40}")
     return message
 
 
-def _decode_latest(latest: Any, *, max_authors: int) -> dict[bytes, int]:
+def _decode_latest(latest: Any, *, max_authors: int, reason: str) -> dict[bytes, int]:
     if not isinstance(latest, dict) or len(latest) > max_authors:
-        raise SyncProtocolError("bad_request", f"'latest' must map at most {max_authors} authors to sequences")
-    return {
-        _expect_key_bytes("author", author): _expect_int("sequence", sequence, minimum=1, maximum=MAX_SEQUENCE)
-        for author, sequence in latest.items()
-    }
+        raise SyncProtocolError(reason, f"'latest' must map at most {max_authors} authors to sequences")
+    try:
+        return {
+            _expect_key_bytes("author", author): _expect_int("sequence", sequence, minimum=1, maximum=MAX_SEQUENCE)
+            for author, sequence in latest.items()
+        }
+    except SyncProtocolError as exc:
+        raise SyncProtocolError(reason, str(exc)) from None
 
 
 def _expect_keys(message: dict[str, Any], keys: set[str], *, reason: str = "bad_request") -> None:
