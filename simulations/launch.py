@@ -2,10 +2,13 @@
 
 ``DirectLauncher`` runs every node as a ``p2psynth node run`` process on the
 host's loopback through ``p2psynth.localnet.LocalNetwork``; nodes dial each
-other's real listen addresses. It cannot partition the network.
-``simulations.partition.NamespaceLauncher`` has the same interface and puts
-each node in its own network namespace joined by a relay the simulator
-controls; the runner picks it only for scenarios with partition events.
+other's real listen addresses. It partitions the network through each node's
+API (``PUT /v1/peers/blocked``): a node refuses sync and gossip with the
+blocked member keys and disconnects them. The block list lives in the daemon's
+memory, so the launcher sets it again on every node it starts while a
+partition lasts. ``simulations.partition.NamespaceLauncher`` has the same
+interface and cuts connections below the nodes instead, in a relay between
+network namespaces; scenarios choose it with ``partition = "namespaces"``.
 """
 
 from __future__ import annotations
@@ -30,10 +33,10 @@ _LISTEN_LINE = re.compile(r'^listen = \["/ip4/127\.0\.0\.1/tcp/\d+"\]', re.MULTI
 class DirectLauncher:
     """Node processes on the host's loopback; no partitions."""
 
-    supports_partition = False
-
     def __init__(self, nodes: Sequence[LocalNode], *, anti_entropy_s: tuple[float, float]) -> None:
         self.network = LocalNetwork(list(nodes), anti_entropy_s=anti_entropy_s, log_level="INFO")
+        # Node names per group of the current partition; empty when the network is whole.
+        self._groups: list[set[str]] = []
 
     def address_of(self, source: LocalNode, target: LocalNode) -> str:
         """Return the address ``source`` dials to reach ``target``."""
@@ -46,7 +49,11 @@ class DirectLauncher:
     def start(self, nodes: Sequence[LocalNode], *, timeout_s: float) -> float:
         for node in nodes:
             self.network.start(node)
-        return self.network.wait_started(nodes, timeout_s=timeout_s)
+        seconds = self.network.wait_started(nodes, timeout_s=timeout_s)
+        if self._groups:
+            for node in nodes:
+                self._apply_blocks(node)
+        return seconds
 
     def kill(self, node: LocalNode) -> None:
         self.network.kill(node)
@@ -61,13 +68,24 @@ class DirectLauncher:
         return Client.from_node_config(node.config_path, timeout_s=300.0)
 
     def partition(self, groups: Sequence[Sequence[str]]) -> None:
-        raise ScenarioError(
-            "this launcher cannot partition the network; partition events run with network namespaces "
-            "(root and the 'ip' command are needed)"
-        )
+        self._groups = [set(group) for group in groups]
+        for node in self.network.running():
+            self._apply_blocks(node)
 
     def heal(self) -> None:
-        self.partition(())
+        self._groups = []
+        for node in self.network.running():
+            self._apply_blocks(node)
+
+    def _apply_blocks(self, node: LocalNode) -> None:
+        """Block every member outside ``node``'s group (nothing when the network is whole)."""
+        own = next((group for group in self._groups if node.name in group), None)
+        if self._groups and own is None:
+            return  # an outsider belongs to no group
+        blocked = [other.public_key for other in self.network.nodes
+                   if self._groups and other.name not in own and any(other.name in g for g in self._groups)]
+        with self.client(node) as client:
+            client.set_blocked(blocked)
 
     def close(self) -> None:
         self.network.stop_all()

@@ -236,6 +236,7 @@ class _NamespacedNetwork(LocalNetwork):
             sys.executable, "-m", "p2psynth", "--log-level", self.log_level,
             "node", "run", "--config", str(node.config_path),
             "--anti-entropy-s", str(self.anti_entropy_s[0]), str(self.anti_entropy_s[1]),
+            "--model-debounce-s", str(self.model_debounce_s[0]), str(self.model_debounce_s[1]),
         ]
         with open(node.folder / "node.log", "ab") as log_file:
             # 'ip netns exec' replaces itself with the command, so the pid is the node's.

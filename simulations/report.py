@@ -139,7 +139,12 @@ def _run_section(result: RunResult) -> list[str]:
     lines += ["Convergence (every live node holds every release it can reach and a model fitted to exactly "
               "the current ones, with one model id per release set):", ""]
     for wait in summary["waits"]:
-        state = "converged" if wait["converged"] else "NOT converged (timeout)"
+        if wait["converged"]:
+            state = "converged"
+        elif wait.get("outcome") == "model_error":
+            state = f"every node holds its releases, but the model fit fails everywhere ({wait['model_error']}); gave up"
+        else:
+            state = "NOT converged (timeout)"
         lines.append(f"- after `{wait['after']}`: {state} in {wait['seconds']:.1f} s")
     lines.append("")
 

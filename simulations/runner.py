@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.5
 PROGRESS_EVERY_S = 10.0
+# A wait ends early once every live node holds its releases and has reported
+# the same model error for this long: a refit of the same releases fails the same way.
+MODEL_ERROR_GRACE_S = 30.0
 
 Progress = Callable[[str], None]
 
@@ -134,7 +137,7 @@ class ScenarioRun:
 
     def _make_launcher(self):
         anti_entropy = self.scenario.nodes.anti_entropy_s
-        if self.scenario.uses_partition:
+        if self.scenario.uses_partition and self.scenario.nodes.partition == "namespaces":
             from simulations.partition import NamespaceLauncher
 
             return NamespaceLauncher(self.nodes, anti_entropy_s=anti_entropy, tag=self.root.name)
@@ -271,7 +274,9 @@ class ScenarioRun:
     def _do_wait(self, event: Event) -> None:
         started = time.monotonic()
         last_progress = started
-        converged = False
+        outcome = "timeout"
+        error_since: float | None = None
+        state: dict = {}
         while time.monotonic() - started < event.timeout_s:
             state = self._convergence()
             elapsed = time.monotonic() - started
@@ -279,7 +284,11 @@ class ScenarioRun:
             self._record(metric="model_ids", value=state["model_ids"])
             self._record(metric="releases_held_share", value=round(state["held_share"], 4))
             if state["converged"]:
-                converged = True
+                outcome = "converged"
+                break
+            error_since = (error_since or time.monotonic()) if state["model_error"] else None
+            if error_since is not None and time.monotonic() - error_since >= MODEL_ERROR_GRACE_S:
+                outcome = "model_error"
                 break
             if time.monotonic() - last_progress >= PROGRESS_EVERY_S:
                 last_progress = time.monotonic()
@@ -289,14 +298,20 @@ class ScenarioRun:
             time.sleep(POLL_S)
 
         seconds = time.monotonic() - started
-        if converged:
+        if outcome == "converged":
             self._commit_convergence()
             self._say(f"  converged after {seconds:.1f} s")
+        elif outcome == "model_error":
+            # Every node holds the releases, so the spreading part converged.
+            self._commit_convergence()
+            self._say(f"  every node holds its releases but no node can fit a model: {state['model_error']}")
         else:
             self._say(f"  NOT converged within {event.timeout_s:.0f} s; see node.log files under {self.root}")
-        self._record(metric="convergence_s" if converged else "convergence_timeout_s", value=round(seconds, 2))
+        metric = {"converged": "convergence_s", "model_error": "model_error_s", "timeout": "convergence_timeout_s"}
+        self._record(metric=metric[outcome], value=round(seconds, 2))
         self.summary["waits"].append({"event": event.index, "after": self._previous_event(event),
-                                      "seconds": round(seconds, 2), "converged": converged})
+                                      "seconds": round(seconds, 2), "converged": outcome == "converged",
+                                      "outcome": outcome, "model_error": state.get("model_error")})
         self._snapshot_counters()
 
     def _do_evaluate(self, event: Event) -> None:
@@ -326,6 +341,8 @@ class ScenarioRun:
     def _convergence(self) -> dict:
         done = 0
         held = 0
+        healthy = 0
+        errors: set[str] = set()
         live = 0
         model_ids = set()
         for group in self._groups():
@@ -341,6 +358,10 @@ class ScenarioRun:
                 used = set(model.get("releases") or [])
                 ids_by_target.setdefault(frozenset(target), set()).add(model.get("model_id"))
                 held += stored == len(target)
+                if model.get("error"):
+                    errors.add(str(model["error"]))
+                else:
+                    healthy += 1
                 ready[name] = bool(model.get("model_id")) and stored == len(target) and used == self.expect.current(target)
 
             # Nodes holding the same releases must also hold the same model id.
@@ -352,7 +373,9 @@ class ScenarioRun:
         model_ids.discard(None)
         return {"converged": live > 0 and done == live, "done": done, "live": live,
                 "share": done / live if live else 0.0, "model_ids": len(model_ids),
-                "held_share": held / live if live else 0.0}
+                "held_share": held / live if live else 0.0,
+                "model_error": next(iter(errors)) if live and held == live and not healthy and len(errors) == 1
+                else None}
 
     def _commit_convergence(self) -> None:
         for group in self._groups():

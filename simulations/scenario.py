@@ -105,6 +105,8 @@ class NodesSpec:
     max_rows_margin: float
     anti_entropy_s: tuple[float, float]
     start_timeout_s: float
+    # How partition events cut links: "block" (each node's API) or "namespaces" (a relay; root).
+    partition: str = "block"
 
     @property
     def names(self) -> list[str]:
@@ -309,7 +311,7 @@ def _existing(reader: "_Reader", path: Path, what: str) -> Path:
 def _load_nodes(reader: "_Reader", table: dict) -> NodesSpec:
     where = "[nodes]"
     reader.keys(table, where, {"count", "release_epsilon", "lifetime_epsilon", "delta", "max_rows",
-                               "max_rows_margin", "anti_entropy_s", "start_timeout_s"})
+                               "max_rows_margin", "anti_entropy_s", "start_timeout_s", "partition"})
     count = reader.integer(table, "count", where, minimum=1, maximum=MAX_NODES)
     raw_epsilon = table.get("release_epsilon", 1.0)
     if isinstance(raw_epsilon, list):
@@ -342,7 +344,14 @@ def _load_nodes(reader: "_Reader", table: dict) -> NodesSpec:
         raise ScenarioError(
             f"{reader.path}: [nodes] anti_entropy_s = {anti_entropy!r}; give [min, max] seconds with 0 < min <= max"
         )
+    partition = reader.string(table, "partition", where, default="block")
+    if partition not in ("block", "namespaces"):
+        raise ScenarioError(
+            f"{reader.path}: [nodes] partition = {partition!r}; use \"block\" (nodes block each other through "
+            "their API) or \"namespaces\" (a relay between network namespaces; needs root)"
+        )
     return NodesSpec(
+        partition=partition,
         count=count,
         release_epsilons=epsilons,
         lifetime_epsilon=lifetime,
