@@ -267,7 +267,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 seed and 500 estimator iterations")
     parser.add_argument("--iterations", type=int, default=1000, help="estimator iterations (default 1000)")
     parser.add_argument("--mbi-python", default="/work/venv-bench/bin/python", help="interpreter with mbi 2.0")
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks-quality.md", help="Markdown output")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="Markdown file to write (default: a section of docs/benchmarks.md)")
     parser.add_argument("--worker", nargs=3, metavar=("NAME", "JOB", "RESULT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -374,9 +375,15 @@ def write_table(args, results, seeds, iterations, elapsed):
             "",
         ]
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
-    print(f"wrote {args.out}")
+    if args.out is None:
+        from benchdoc import write_section
+
+        body = text.split("\n", 2)[2]  # the section supplies its own title
+        print(f"wrote {write_section('Global model quality: decentralized strategy vs central MST', body)}")
+    else:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text, encoding="utf-8")
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
