@@ -20,11 +20,11 @@ layer, so that only members spend a node's bandwidth.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from p2psynth.errors import ConfigError
+from p2psynth.tomlfile import read_toml
 
 _KEY_PATTERN = re.compile(r"[0-9a-f]{64}")
 
@@ -61,14 +61,7 @@ class Members:
 def load_members(path: Path) -> Members:
     """Read members.toml; raise ConfigError naming the entry and the fix."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"members file {path} not found; set network.members_file in node.toml") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read members file {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"members file {path} is not valid TOML: {exc}") from exc
+    raw = read_toml(path, what="members file", missing_hint="set network.members_file in node.toml")
 
     unknown = set(raw) - {"member"}
     if unknown:

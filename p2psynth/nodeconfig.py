@@ -9,12 +9,12 @@ privacy setting must never fall back to a default silently.
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from p2psynth.errors import ConfigError
+from p2psynth.tomlfile import read_toml
 
 DEFAULT_API_PORT = 8470
 
@@ -89,14 +89,7 @@ _SECTIONS: dict[str, set[str]] = {
 def load_node_config(path: Path) -> NodeConfig:
     """Read and validate node.toml; raise ConfigError naming the key and the fix."""
     path = Path(path).resolve()
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"node config {path} not found; create a node with 'p2psynth init DIR'") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read node config {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"node config {path} is not valid TOML: {exc}") from exc
+    raw = read_toml(path, what="node config", missing_hint="create a node with 'p2psynth init DIR'")
 
     reader = _Reader(path, raw)
     folder = path.parent
