@@ -79,6 +79,12 @@ def evaluate_nodes(
     return results
 
 
+def mean_of(results: dict[str, dict], key: str) -> float | None:
+    """Return the mean of one measure over the nodes that have it, or None."""
+    values = [r[key] for r in results.values() if key in r]
+    return round(float(np.mean(values)), 5) if values else None
+
+
 def describe(results: dict[str, dict]) -> str:
     """Return a one-line summary: how many models, mean TVD and AUC over nodes."""
     if not results:

@@ -20,9 +20,14 @@ simulations only, because anyone with the seed can subtract the noise.
 Misbehaviour kinds, applied to an honest MST measurement of the member's
 table (``factor`` is the scenario's multiplier):
 
-- ``inflate_all``: every marginal times ``factor``. The totals agree with each
-  other, so the plausibility check passes unless members.toml gives the
-  member a ``max_rows`` below the inflated size.
+- ``inflate_all``: every marginal gains ``(factor - 1)`` times the release's
+  row count estimate, spread over its positive cells in proportion to their
+  counts. Negative noisy cells and the noise on each total stay as they were,
+  so the marginals still agree on one (inflated) row count and the negative
+  mass does not grow. Multiplying every cell by ``factor`` would not be
+  consistent: it multiplies the noise on the totals and the negative mass too,
+  which the plausibility check catches. This passes the check unless
+  members.toml gives the member a ``max_rows`` below the inflated size.
 - ``inflate_one``: only the first 2-way marginal times ``factor``; its total
   disagrees with the other marginals of the release.
 - ``negative``: the first 2-way marginal replaced by ``-factor`` times its
@@ -130,11 +135,19 @@ def distort(measurements: list[Measurement], *, kind: str, factor: float) -> lis
     else:
         raise ScenarioError(f"misbehaviour {kind!r} needs a 2-way marginal and the release has none")
 
+    rows = float(np.mean([m.counts.sum() for m in measurements]))
     changed = list(measurements)
     for index in chosen:
         m = measurements[index]
-        scale = -factor if kind == "negative" else factor
-        counts = np.rint(m.counts.astype(np.float64) * scale).astype(np.int64)
+        values = m.counts.astype(np.float64)
+        if kind == "negative":
+            values = -factor * values
+        elif kind == "inflate_all":
+            positive = np.clip(values, 0, None)
+            values = values + (factor - 1.0) * rows * positive / max(positive.sum(), 1.0)
+        else:
+            values = values * factor
+        counts = np.rint(values).astype(np.int64)
         changed[index] = Measurement(attributes=m.attributes, counts=counts, sigma=m.sigma)
     return changed
 

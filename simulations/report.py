@@ -149,16 +149,27 @@ def _run_section(result: RunResult) -> list[str]:
     lines.append("")
 
     for entry in summary.get("misbehaviour", []):
-        observed = sum(v for k, v in (summary.get("rejections") or {}).items() if k == "rejected:implausible")
-        lines.append(f"Misbehaving member {entry['node']} ({entry['kind']} x{entry['factor']:g}): the validator "
-                     f"should {('reject it as ' + entry['expected']) if entry['expected'] != 'accepted' else 'accept it'}"
-                     f"{' (' + entry['detail'] + ')' if entry['detail'] else ''}; peers counted {observed} "
-                     "'implausible' rejections (repeated pulls count again).")
-        lines.append("")
+        verdict = f"reject it as {entry['expected']}" if entry["expected"] != "accepted" else "accept it"
+        detail = f" ({entry['detail']})" if entry["detail"] else ""
+        lines.append(f"- Misbehaving member {entry['node']} ({entry['kind']} x{entry['factor']:g}): "
+                     f"the validator's own check predicts peers {verdict}{detail}.")
+    if summary.get("misbehaviour"):
+        observed = (summary.get("rejections") or {}).get("rejected:implausible", 0)
+        lines += ["", f"Peers counted {observed} 'implausible' rejections in all. A peer pulls a rejected "
+                  "release again on every anti-entropy round, so this counts deliveries, not releases.", ""]
     for entry in summary.get("outsiders", []):
         holders = entry.get("stored_by_members", [])
         lines.append(f"Outsider {entry['node']} (key in no members file) dialed {', '.join(entry['dials'])}; "
                      f"members that stored its release: {len(holders)}.")
+        lines.append("")
+
+    evaluations = summary.get("evaluations") or []
+    if len(evaluations) > 1:
+        lines += ["Quality at each evaluation (mean over live nodes):", "",
+                  "| # | evaluation | models | TVD 1-way | TVD 2-way | TVD 3-way | AUC |", "|---|---|---|---|---|---|---|"]
+        for entry in evaluations:
+            lines.append(f"| {entry['event']} | {entry['what']} | {entry['models']} | {_fmt(entry['tvd_1way'])} | "
+                         f"{_fmt(entry['tvd_2way'])} | {_fmt(entry['tvd_3way'])} | {_fmt(entry['auc'])} |")
         lines.append("")
 
     restart = summary.get("budget_after_restart") or {}
@@ -170,6 +181,8 @@ def _run_section(result: RunResult) -> list[str]:
 
     quality = summary.get("quality") or {}
     budgets = summary.get("budgets") or {}
+    lines.append("Per node, at the last evaluation and the end of the run:")
+    lines.append("")
     sent = _final_values(result, "bytes_sent")
     lines += ["| node | rows | model | TVD 1-way | TVD 2-way | TVD 3-way | AUC | bytes sent | epsilon spent | "
               "own releases | releases stored |", "|---|---|---|---|---|---|---|---|---|---|---|"]

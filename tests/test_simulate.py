@@ -140,7 +140,8 @@ def test_shipped_scenarios_load():
     from p2psynth.simulate import shipped_scenarios
 
     shipped = shipped_scenarios()
-    for name in ("baseline-10", "partition-heal", "crash-restart", "late-joiner", "inflating-member", "scaling"):
+    for name in ("baseline-10", "partition-heal", "crash-restart", "late-joiner", "inflating-member",
+                 "inflating-member-bounded", "scaling"):
         assert name in shipped
         assert load_scenario(shipped[name]).name == name
 
