@@ -59,12 +59,16 @@ def evaluate_nodes(
 ) -> dict[str, dict]:
     """Return per node name its quality measures plus the model id they belong to."""
     by_model: dict[str, list[LocalNode]] = {}
+    without: list[str] = []
     for node in nodes:
         model_id = ((node.status() or {}).get("model") or {}).get("model_id")
         if model_id:
             by_model.setdefault(model_id, []).append(node)
         else:
-            log.warning("%s has no model yet; its quality is not measured", node.name)
+            without.append(node.name)
+    if without:
+        log.warning("%d node(s) have no model, so their quality is not measured: %s", len(without),
+                    ", ".join(without))
 
     scratch.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}

@@ -145,7 +145,9 @@ def _run_section(result: RunResult) -> list[str]:
             state = f"every node holds its releases, but the model fit fails everywhere ({wait['model_error']}); gave up"
         else:
             state = "NOT converged (timeout)"
-        lines.append(f"- after `{wait['after']}`: {state} in {wait['seconds']:.1f} s")
+        held = wait.get("held_s")
+        held_text = f"; every node held its releases after {held:.1f} s" if held is not None else ""
+        lines.append(f"- after `{wait['after']}`: {state} in {wait['seconds']:.1f} s{held_text}")
     lines.append("")
 
     for entry in summary.get("misbehaviour", []):

@@ -282,6 +282,8 @@ class ScenarioRun:
         last_progress = started
         outcome = "timeout"
         error_since: float | None = None
+        # Seconds until every live node had stored every release it can reach.
+        held_s: float | None = None
         state: dict = {}
         while time.monotonic() - started < event.timeout_s:
             state = self._convergence()
@@ -289,6 +291,9 @@ class ScenarioRun:
             self._record(metric="converged_share", value=round(state["share"], 4))
             self._record(metric="model_ids", value=state["model_ids"])
             self._record(metric="releases_held_share", value=round(state["held_share"], 4))
+            if held_s is None and state["held_share"] >= 1.0:
+                held_s = round(elapsed, 2)
+                self._record(metric="all_releases_held_s", value=held_s)
             if state["converged"]:
                 outcome = "converged"
                 break
@@ -317,7 +322,8 @@ class ScenarioRun:
         self._record(metric=metric[outcome], value=round(seconds, 2))
         self.summary["waits"].append({"event": event.index, "after": self._previous_event(event),
                                       "seconds": round(seconds, 2), "converged": outcome == "converged",
-                                      "outcome": outcome, "model_error": state.get("model_error")})
+                                      "outcome": outcome, "model_error": state.get("model_error"),
+                                      "held_s": held_s})
         self._snapshot_counters()
 
     def _do_evaluate(self, event: Event) -> None:
