@@ -88,8 +88,12 @@ def _markdown(scenario: Scenario, results: Sequence[RunResult], *, reference: di
         ok = sum(1 for w in waits if w["converged"])
         slowest = max((w["seconds"] for w in waits), default=0.0)
         quality = result.summary.get("quality") or {}
-        tvd = _mean([q.get("tvd_3way") for q in quality.values()])
-        auc = _mean([q.get("auc") for q in quality.values()])
+        evaluations = result.summary.get("evaluations") or []
+        if evaluations:
+            tvd, auc = evaluations[-1]["tvd_3way"], evaluations[-1]["auc"]
+        else:
+            tvd = _mean([q.get("tvd_3way") for q in quality.values()])
+            auc = _mean([q.get("auc") for q in quality.values()])
         sent = _final_values(result, "bytes_sent")
         rejections = result.summary.get("rejections") or {}
         rejection_text = ", ".join(f"{k.split(':', 1)[1]} {v}" for k, v in sorted(rejections.items())) or "none"
@@ -167,10 +171,12 @@ def _run_section(result: RunResult) -> list[str]:
 
     evaluations = summary.get("evaluations") or []
     if len(evaluations) > 1:
-        lines += ["Quality at each evaluation (mean over live nodes):", "",
-                  "| # | evaluation | models | TVD 1-way | TVD 2-way | TVD 3-way | AUC |", "|---|---|---|---|---|---|---|"]
+        lines += ["Quality at each evaluation (mean over live nodes, misbehaving authors left out):", "",
+                  "| # | evaluation | nodes | models | TVD 1-way | TVD 2-way | TVD 3-way | AUC |",
+                  "|---|---|---|---|---|---|---|---|"]
         for entry in evaluations:
-            lines.append(f"| {entry['event']} | {entry['what']} | {entry['models']} | {_fmt(entry['tvd_1way'])} | "
+            lines.append(f"| {entry['event']} | {entry['what']} | {entry.get('nodes', '-')} | {entry['models']} | "
+                         f"{_fmt(entry['tvd_1way'])} | "
                          f"{_fmt(entry['tvd_2way'])} | {_fmt(entry['tvd_3way'])} | {_fmt(entry['auc'])} |")
         lines.append("")
 
@@ -183,7 +189,10 @@ def _run_section(result: RunResult) -> list[str]:
 
     quality = summary.get("quality") or {}
     budgets = summary.get("budgets") or {}
-    lines.append("Per node, at the last evaluation and the end of the run:")
+    behind = summary.get("written_behind") or []
+    lines.append("Per node, at the last evaluation and the end of the run"
+                 + (f" ({', '.join(behind)}: misbehaving, their daemons did not refit after the simulator wrote "
+                    "their release)" if behind else "") + ":")
     lines.append("")
     sent = _final_values(result, "bytes_sent")
     lines += ["| node | rows | model | TVD 1-way | TVD 2-way | TVD 3-way | AUC | bytes sent | epsilon spent | "

@@ -340,9 +340,12 @@ class ScenarioRun:
             for metric, value in result.items():
                 self._record(metric=metric, node=name, value=value)
         self.summary["quality"] = results
+        # Misbehaving authors keep a model their daemon did not refit: leave them out of the means.
+        honest = {name: r for name, r in results.items() if name not in self.written_behind}
         self.summary.setdefault("evaluations", []).append({
-            "event": event.index, "what": event.describe(), "models": len({r["model"] for r in results.values()}),
-            **{key: quality.mean_of(results, key) for key in ("tvd_1way", "tvd_2way", "tvd_3way", "auc")},
+            "event": event.index, "what": event.describe(), "models": len({r["model"] for r in honest.values()}),
+            "nodes": len(honest),
+            **{key: quality.mean_of(honest, key) for key in ("tvd_1way", "tvd_2way", "tvd_3way", "auc")},
         })
         self._say(f"  quality: {quality.describe(results)}")
 
@@ -444,6 +447,7 @@ class ScenarioRun:
             self._record(metric="own_releases", node=node.name, value=status.releases)
             self._record(metric="releases_stored", node=node.name, value=stored)
         self.summary["budgets"] = budgets
+        self.summary["written_behind"] = sorted(self.written_behind)
         for outsider in self.outsiders:
             rid = self.summary["outsiders"][self.outsiders.index(outsider)]["release_id"]
             holders = [n.name for n in self.nodes if _store_has(n, rid)]
