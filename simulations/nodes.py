@@ -4,9 +4,9 @@
 stores, node.toml, a members file listing everyone) and makes every node
 bootstrap from every other. This module then rewrites what a scenario varies:
 
-- the ``bootstrap`` list of each node.toml, which is the topology, because a
-  node dials only its bootstrap peers and whoever dials it (the swarm's
-  auto-connector and gossip peer exchange are off in the network layer);
+- the ``bootstrap`` list of each node.toml, which is the topology. A node
+  dials only its bootstrap peers and accepts peers that dial it, because the
+  network layer turns off the swarm's auto-connector and gossip peer exchange;
 - ``max_rows`` in members.toml, when the scenario declares public table sizes.
 
 A topology is a list of directed dials ``(a, b)``: node a lists node b. A

@@ -30,10 +30,10 @@ A scenario is a TOML file (the shipped ones are in ``scenarios/``)::
     [[events]]
     action = "wait"              # until every live node holds every release it can reach
 
-The loader is strict: an unknown key, a wrong type, a node name that does not
+The loader is strict. An unknown key, a wrong type, a node name that does not
 exist or an event that cannot apply (restarting a node that never ran, a
-partition whose groups overlap) is a ``ScenarioError`` naming the file, the
-entry and the fix. Checks that need the timeline (which nodes are running at
+partition whose groups overlap) raises ``ScenarioError``, and the message
+names the file, the entry and the fix. Checks that need the timeline (which nodes are running at
 each event) run here too, by replaying the timeline on node states, so a
 scenario fails before any process starts.
 

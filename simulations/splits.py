@@ -6,7 +6,7 @@ exactly as an operator's node would read its own export. Kinds:
 
 - ``iid``: a random permutation cut into parts; ``shares`` sets unequal sizes.
 - ``by_column``: rows sorted by the codes of one column (ties broken at
-  random) and cut into contiguous blocks, so each node sees a narrow slice of
+  random) and cut into contiguous blocks, so each node gets a narrow slice of
   that column. This is the "split sorted by age" case of the design notes,
   where skewed shards pull each node's choice of pairs towards that column.
 - ``dirichlet``: for each category of ``column``, the rows of that category are
