@@ -292,7 +292,7 @@ def main() -> None:
             "sampling tables s": table_seconds,
             "sample rows/s": args.sample_rows / sample_seconds,
             f"3-way TVD, {args.sample_rows:,}-row sample": sample_tvd(sample),
-            f"3-way TVD, {len(synthetic):,}-row sample": sample_tvd(synthetic),
+            "3-way TVD, sample of estimated rows": sample_tvd(synthetic),
             "estimated rows": model.total,
         }
         if args.mbi_python:
@@ -307,6 +307,7 @@ def main() -> None:
             row["TVD ratio ours/mbi"] = row[f"3-way TVD, {args.sample_rows:,}-row sample"] / result["tvd"]
             row["fit time ratio mbi/ours"] = result["seconds"] / fit_seconds
         rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
 
     print(f"Adult, {args.nodes} nodes, epsilon {args.epsilon} and delta {args.delta} per node, "
           f"process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
