@@ -191,6 +191,7 @@ def test_fit_names_cliques_over_cap():
     assert "max_clique_cells=10,000" in message
     assert "27,000 cells" in message
     assert " x " in message
+    assert "drop_cliques_over_cap=True" in message
 
 
 def test_fit_drops_cliques_over_cap_on_request():

@@ -167,12 +167,19 @@ def fit_model(
         )
     else:
         dropped = []
-    tree = build_junction_tree(
-        domain,
-        [t.attributes for t in targets],
-        max_clique_cells=max_clique_cells,
-        max_memory_bytes=max_memory_bytes,
-    )
+    try:
+        tree = build_junction_tree(
+            domain,
+            [t.attributes for t in targets],
+            max_clique_cells=max_clique_cells,
+            max_memory_bytes=max_memory_bytes,
+        )
+    except ModelError as exc:
+        if drop_cliques_over_cap:
+            raise
+        raise ModelError(
+            f"{exc}, or fit with drop_cliques_over_cap=True to leave out the least precise cliques that do not fit"
+        ) from None
     logger.info(
         "fitting %d measurements over %d cliques: junction tree of %d cliques, largest %d cells, total rows %.1f",
         len(measurements),
