@@ -68,11 +68,15 @@ def assemble_model(
     schema_fingerprint: str,
     domain: Domain,
     max_clique_cells: int | None = None,
+    drop_cliques_over_cap: bool = False,
 ):
     """Fit the global model to the current releases among ``entries``.
 
     Raises ModelError when there are no releases, when a release belongs to
-    another schema, or when the junction tree exceeds the memory caps.
+    another schema, or when the junction tree exceeds the memory caps. With
+    ``drop_cliques_over_cap`` the estimator instead leaves out the least
+    weighted cliques that do not fit (``model.fit_summary.dropped_cliques``),
+    which a daemon needs in large networks where members' trees differ.
     """
     from p2psynth.model import DEFAULT_MAX_CLIQUE_CELLS, fit_model
 
@@ -103,6 +107,7 @@ def assemble_model(
         measurements,
         sources=sources,
         max_clique_cells=max_clique_cells or DEFAULT_MAX_CLIQUE_CELLS,
+        drop_cliques_over_cap=drop_cliques_over_cap,
         provenance=build_provenance(used, schema_fingerprint=schema_fingerprint),
     )
     log.info("assembled model %s from %d releases of %d members", model.model_id[:16], len(used),

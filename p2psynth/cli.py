@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model-debounce-s", type=float, nargs=2, metavar=("ALL", "INCOMPLETE"), default=(0.5, 3.0),
                      help="seconds without a new release before refitting the model, when every member has a "
                           "release and while some have none (default: 0.5 3)")
+    run.add_argument("--redial-interval-s", type=float, default=30.0,
+                     help="seconds between redials of a disconnected bootstrap peer (default: 30)")
     run.set_defaults(handler=_run_node)
     node.set_defaults(handler=lambda args: _print_help(node))
 
@@ -116,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     assemble.add_argument("releases", type=Path, nargs="+", help="release files (.p2pr)")
     assemble.add_argument("--schema", type=Path, required=True, help="the network's schema TOML")
     assemble.add_argument("--out", type=Path, required=True, help="model file to write (.p2pm)")
+    assemble.add_argument("--drop-cliques-over-cap", action="store_true",
+                          help="leave out the least weighted measured cliques that exceed the memory caps "
+                               "instead of failing")
     assemble.set_defaults(handler=_run_assemble)
 
     sample = commands.add_parser("sample", help="write synthetic rows, from a model file or the running daemon")
@@ -302,6 +307,7 @@ def _run_node(args: argparse.Namespace) -> int:
         anti_entropy_max_interval_s=high,
         model_debounce_s=complete,
         model_incomplete_debounce_s=incomplete,
+        redial_interval_s=args.redial_interval_s,
     )
     return run_daemon(args.config, options=options)
 
@@ -353,7 +359,13 @@ def _run_assemble(args: argparse.Namespace) -> int:
             blobs.append(path.read_bytes())
         except OSError as exc:
             raise ModelError(f"cannot read release file {path}: {exc}") from exc
-    model = assemble_model(decode_entries(blobs), schema_fingerprint=schema.fingerprint, domain=schema.domain)
+    model = assemble_model(
+        decode_entries(blobs), schema_fingerprint=schema.fingerprint, domain=schema.domain,
+        drop_cliques_over_cap=args.drop_cliques_over_cap,
+    )
+    dropped = model.fit_summary.dropped_cliques if model.fit_summary else ()
+    if dropped:
+        print(f"left out {len(dropped)} cliques over the caps: {', '.join('x'.join(c) for c in dropped)}")
     write_file_atomically(args.out, model.to_bytes())
     members = model.provenance.get("members", {})
     print(f"model {model.model_id} written to {args.out}")

@@ -53,6 +53,7 @@ class DaemonOptions:
     anti_entropy_max_interval_s: float = 10.0
     model_debounce_s: float = 0.5
     model_incomplete_debounce_s: float = 3.0
+    redial_interval_s: float = 30.0
     serve_api: bool = True
     network_seed: int | None = None
 
@@ -106,9 +107,10 @@ class NodeDaemon:
                 bootstrap_addrs=config.network.bootstrap,
                 anti_entropy_min_interval_s=options.anti_entropy_min_interval_s,
                 anti_entropy_max_interval_s=options.anti_entropy_max_interval_s,
+                redial_interval_s=options.redial_interval_s,
                 seed=options.network_seed,
             ),
-            releases=self.node.store,
+            releases=_PullSource(self.node.store, self.validator),
             accept_release=self._accept_release,
             on_announcement=self._wants_announcement,
             is_member=self._may_talk_to,
@@ -291,6 +293,9 @@ class NodeDaemon:
                 "error": model.error,
                 "provenance": getattr(model.model, "provenance", None),
                 "estimated_rows": getattr(model.model, "total", None),
+                "dropped_cliques": [
+                    list(c) for c in getattr(getattr(model.model, "fit_summary", None), "dropped_cliques", ())
+                ],
             },
             "budget": budget_view,
             "api": {"host": self.config.api.host, "port": getattr(self, "api_port", None)},
@@ -308,6 +313,33 @@ class NodeDaemon:
         while True:
             await trio.sleep(self.options.status_interval_s)
             self._write_status()
+
+
+class _PullSource:
+    """The store as the network sees it, plus sequences this node rejected.
+
+    Anti-entropy pulls every sequence a peer holds above ours. A release that
+    its author signed but that failed validation (wrong schema, domain or
+    implausible counts) would otherwise be pulled again every round, so its
+    sequence counts as seen. Releases whose signature did not verify are not
+    counted: anyone could name an author in them.
+    """
+
+    def __init__(self, store, validator: ReleaseValidator) -> None:
+        self._store = store
+        self._validator = validator
+
+    def latest_sequences(self) -> dict[bytes, int]:
+        latest = self._store.latest_sequences()
+        for author, sequence in self._validator.rejected_sequences.items():
+            latest[author] = max(latest.get(author, 0), sequence)
+        return latest
+
+    def releases_after(self, author: bytes, sequence: int, *, limit: int) -> list[bytes]:
+        return self._store.releases_after(author, sequence, limit=limit)
+
+    def get_release(self, rid: bytes) -> bytes | None:
+        return self._store.get_release(rid)
 
 
 def read_status(config_path: Path) -> dict:

@@ -60,6 +60,7 @@ class ModelKeeper:
         incomplete_debounce_s: float = 3.0,
         max_delay_s: float = 15.0,
         members: Callable[[], set[bytes]] | None = None,
+        poll_s: float = 5.0,
     ) -> None:
         self._store = store
         self._domain = domain
@@ -70,6 +71,7 @@ class ModelKeeper:
         self._max_delay_s = max_delay_s
         # Returns the current member keys; None uses every stored author.
         self._members = members
+        self._poll_s = poll_s
         # Set whenever a release was stored; cleared when a refit starts.
         self._changed = trio.Event()
         self.state = ModelState(None, None, (), None, None, "no releases yet", None)
@@ -107,7 +109,12 @@ class ModelKeeper:
         task_status.started()
         self._changed.set()  # releases may be in the store already
         while True:
-            await self._changed.wait()
+            # Also look at the store now and then: 'p2psynth measure' run beside
+            # the daemon writes releases that no callback reports.
+            with trio.move_on_after(self._poll_s):
+                await self._changed.wait()
+            if not self._changed.is_set() and self.pending_key() is None:
+                continue
             await self._debounce()
             self._changed = trio.Event()
             await self.refit_if_needed()
@@ -155,7 +162,11 @@ class ModelKeeper:
         log.info("model %s fitted from %d releases in %.2f s", model.model_id[:16], len(key), seconds)
 
     def _fit(self, entries: list[ReleaseEntry]):
-        return assemble_model(entries, schema_fingerprint=self._fingerprint, domain=self._domain)
+        # A daemon keeps working when members' trees together exceed the caps:
+        # the least weighted cliques are left out and listed in the status.
+        return assemble_model(
+            entries, schema_fingerprint=self._fingerprint, domain=self._domain, drop_cliques_over_cap=True
+        )
 
     def _write(self, model) -> Path:
         from p2psynth.nodefolder import write_file_atomically

@@ -75,6 +75,10 @@ REASONS = (
 )
 
 
+# Rejections of releases whose signature verified: their author is known.
+_SIGNED_REJECTIONS = frozenset({"wrong_schema", "domain_mismatch", "implausible"})
+
+
 @dataclass(frozen=True)
 class Outcome:
     """The result of validating one release body."""
@@ -136,6 +140,9 @@ class ReleaseValidator:
         self.rejections = RejectionCounter()
         # Accepted releases per author since start (statistics only).
         self.accepted = Counter()
+        # Highest sequence per author among rejected releases whose signature
+        # verified, so anti-entropy does not pull them again.
+        self.rejected_sequences: dict[bytes, int] = {}
 
     def accept(self, data: bytes, *, from_peer: str) -> Outcome:
         """Validate ``data`` and store it if valid; never raises for bad input."""
@@ -150,6 +157,9 @@ class ReleaseValidator:
             )
         elif outcome.reason != "own_key_unknown":
             self.rejections.record(from_peer, outcome.reason, outcome.detail)
+            if outcome.reason in _SIGNED_REJECTIONS and outcome.release is not None:
+                author, sequence = outcome.release.author, outcome.release.sequence
+                self.rejected_sequences[author] = max(self.rejected_sequences.get(author, 0), sequence)
         return outcome
 
     def _check(self, data: bytes) -> Outcome:
@@ -167,16 +177,16 @@ class ReleaseValidator:
             return Outcome(False, "non_member", rid, detail=f"author {author_fingerprint(release.author)}")
         if release.schema_fingerprint != self._fingerprint:
             return Outcome(
-                False, "wrong_schema", rid,
+                False, "wrong_schema", rid, release,
                 detail=f"schema {release.schema_fingerprint[:16]}, network uses {self._fingerprint[:16]}",
             )
         try:
             check_against_domain(release, self._domain)
         except ReleaseFormatError as exc:
-            return Outcome(False, "domain_mismatch", rid, detail=str(exc))
+            return Outcome(False, "domain_mismatch", rid, release, detail=str(exc))
         problem = plausibility_problem(release, max_rows=self.members.get(release.author).max_rows)
         if problem is not None:
-            return Outcome(False, "implausible", rid, detail=problem)
+            return Outcome(False, "implausible", rid, release, detail=problem)
 
         return self._check_sequence_and_store(data, rid, release)
 

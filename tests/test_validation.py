@@ -162,3 +162,17 @@ def test_members_file_errors(tmp_path):
             load_members(path)
     with pytest.raises(ConfigError, match="not found"):
         load_members(tmp_path / "absent.toml")
+
+
+def test_signed_rejections_remembered(validator):
+    implausible, _ = _release(MEMBER, sequence=4, counts=np.array([10_000, 200, 300, 400], dtype=np.int64))
+    assert validator.accept(implausible, from_peer="a").reason == "implausible"
+    assert validator.rejected_sequences == {MEMBER.public_key().public_bytes_raw(): 4}
+
+
+def test_unsigned_rejections_not_remembered(validator):
+    data, _ = _release(MEMBER, sequence=6)
+    version, body, _signature = msgpack.unpackb(data)
+    forged = msgpack.packb([version, body, STRANGER.sign(SIGNATURE_CONTEXT + body)], use_bin_type=True)
+    assert validator.accept(forged, from_peer="a").reason == "bad_signature"
+    assert validator.rejected_sequences == {}
