@@ -7,20 +7,27 @@ its own rows. A pair's score is the L1 distance between the pair's counts and
 the product of its 1-way marginals, perturbed with Gumbel noise as the
 exponential mechanism would. So different nodes choose different trees, and
 their union has cycles. Noise is numpy's normal distribution rounded to
-integers, with the standard deviations that zCDP would assign at the given
-epsilon and delta per node (a third of rho for 1-way marginals, a third for the
-pairs, the rest nominally for selection). The noise is not the exact discrete
-Gaussian, which is fine for timing and accuracy of the estimator only.
+integers. Its standard deviations are those zCDP would assign at the given
+epsilon and delta per node: a third of rho goes to the 1-way marginals, a third
+to the pairs, and the rest nominally to the selection. The noise is not the
+exact discrete Gaussian, which is fine for timing and accuracy of the
+estimator only.
+
+The fit uses ``drop_cliques_over_cap=True`` with the default caps, because the
+union of ten trees triangulates to cliques of about 25 million cells.
 
 Reported: fit time and peak traced memory of ``fit_model``, junction tree size,
-sampling speed, and the average total variation distance (TVD) over all 3-way
-marginals of the model's exact projection and of a sample, each against the
-real rows. With ``--mbi-python`` (a Python that has ``mbi==2.0.0``, kept out of
-the project venv because it pulls JAX) the very same measurements, rescaled to
+time to build the sampling tables and steady sampling speed, and the average
+total variation distance (TVD) over all 364 3-way marginals between synthetic
+rows and the real rows (for a sample of ``--sample-rows`` rows, which is close
+to the model's own TVD, and for a sample of the estimated row count). With
+``--mbi-python`` (a Python with ``mbi==2.0.0``, kept out of the project venv
+because it pulls JAX) the measurements of the cliques the fit kept, rescaled to
 one common total exactly as ``fit_model`` does internally, are fitted with
-mbi's mirror descent in a subprocess and compared.
+mbi's mirror descent in a subprocess, sampled i.i.d. the same way and compared.
 
-Run:  /work/venv/bin/python benchmarks/bench_model.py --mbi-python /work/venv-bench/bin/python
+Set up mbi:  python3 -m venv /work/venv-bench && /work/venv-bench/bin/pip install mbi==2.0.0
+Run:  /work/venv/bin/python benchmarks/bench_model.py --seeds 0 1 2 --mbi-python /work/venv-bench/bin/python
 """
 
 from __future__ import annotations

@@ -31,9 +31,9 @@ Choices and their reasons:
   model describes their union, of ``sum_s T_s`` rows. Without sources all
   measurements count rows of one table.
 - Step size: Armijo backtracking on the sufficient-decrease condition of mirror
-  descent, halving on failure and growing by ``_STEP_GROWTH`` after each
-  accepted step, so the step tracks the local curvature instead of the global
-  Lipschitz bound (often 1,000 times too small here). Until the first
+  descent. The step halves on failure and grows by ``_STEP_GROWTH`` after each
+  accepted step. So it tracks the local curvature instead of the global
+  Lipschitz bound, which is often 1,000 times too small here. Until the first
   backtrack the step grows by ``_RAMP_GROWTH``, so the first iterations are
   not spent creeping up from that bound.
 - Acceleration: Nesterov-style momentum on the log-potentials with adaptive
