@@ -162,3 +162,13 @@ def test_bytes_rejects_corrupt_input(model):
 def test_provenance_rejects_unsupported_values(model):
     with pytest.raises(ModelError, match="provenance\\['when'\\] is a set"):
         GraphicalModel(tree=model.tree, marginals=model.marginals, total=model.total, provenance={"when": {1}})
+
+
+def test_conditioned_chunks_match_one_draw(model):
+    conditions = {"c": {1, 3}}
+    first = model.sample(500, seed=8, conditions=conditions)
+    # A second condition set in between must not disturb the cached tables of the first.
+    model.sample(10, seed=8, conditions={"a": {0}})
+    again = model.sample(500, seed=8, conditions={"c": [3, 1]})
+    assert np.array_equal(first, again)
+    assert set(np.unique(again[:, DOMAIN.index("c")])) <= {1, 3}

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import msgpack
@@ -36,6 +37,9 @@ from p2psynth.model.sampling import build_samplers, sample_codes
 
 if TYPE_CHECKING:
     from p2psynth.model.estimation import FitSummary
+
+# Condition sets whose sampling tables are kept; each costs about twice the model's size.
+_CONDITIONED_CACHE_SIZE = 2
 
 FORMAT_NAME = "p2psynth-graphical-model"
 FORMAT_VERSION = 1
@@ -83,6 +87,9 @@ class GraphicalModel:
         self.fit_summary = fit_summary
         # Built on first use: forward-sampling tables of the unconditioned model.
         self._samplers = None
+        # Sampling tables of the most recently used condition sets, oldest first, so that
+        # callers drawing many chunks under one condition condition the model once.
+        self._conditioned: OrderedDict[tuple, list] = OrderedDict()
 
     @property
     def domain(self) -> Domain:
@@ -123,13 +130,26 @@ class GraphicalModel:
             raise ModelError(f"seed is {seed!r}; it must be a non-negative integer")
 
         if conditions:
-            samplers = build_samplers(self.tree, self.condition(conditions))
+            samplers = self._conditioned_samplers(conditions)
         else:
             if self._samplers is None:
                 self._samplers = build_samplers(self.tree, self.marginals)
             samplers = self._samplers
         rng = np.random.default_rng(int(seed))
         return sample_codes(samplers, len(self.domain), int(rows), rng)
+
+    def _conditioned_samplers(self, conditions: Mapping[str, int | Iterable[int]]) -> list:
+        """Return sampling tables of the model conditioned on ``conditions``, cached by condition set."""
+        allowed = self._check_conditions(conditions)
+        key = tuple((name, tuple(sorted(codes))) for name, codes in allowed.items())
+        if key in self._conditioned:
+            self._conditioned.move_to_end(key)
+            return self._conditioned[key]
+        samplers = build_samplers(self.tree, self.condition(conditions))
+        self._conditioned[key] = samplers
+        if len(self._conditioned) > _CONDITIONED_CACHE_SIZE:
+            self._conditioned.popitem(last=False)
+        return samplers
 
     def condition(self, conditions: Mapping[str, int | Iterable[int]]) -> list[np.ndarray]:
         """Return the clique marginals of the model conditioned on ``conditions``.
