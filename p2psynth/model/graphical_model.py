@@ -233,13 +233,19 @@ class GraphicalModel:
         except (TypeError, ValueError, KeyError, SchemaError) as exc:
             raise ModelError(f"model document is malformed: {exc}; the file is corrupt or not a model") from exc
         if not isinstance(document["provenance"], dict):
-            raise ModelError(f"model provenance is a {type(document['provenance']).__name__}; expected a map")
+            raise ModelError(
+                f"model provenance is a {type(document['provenance']).__name__}, not a map; the file is corrupt"
+            )
 
         for clique, values in enumerate(marginals):
             if not np.all(np.isfinite(values)) or values.min(initial=0.0) < 0:
-                raise ModelError(f"marginal of clique {tree.cliques[clique]} has negative or non-finite values")
+                raise ModelError(
+                    f"marginal of clique {tree.cliques[clique]} has negative or non-finite values; the file is corrupt"
+                )
             if abs(values.sum() - 1.0) > _SUM_TOLERANCE:
-                raise ModelError(f"marginal of clique {tree.cliques[clique]} sums to {values.sum()!r}, not 1")
+                raise ModelError(
+                    f"marginal of clique {tree.cliques[clique]} sums to {values.sum()!r}, not 1; the file is corrupt"
+                )
         total = document["total"]
         if not isinstance(total, float):
             raise ModelError(f"model total is {total!r}; expected a float")
