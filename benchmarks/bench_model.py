@@ -235,6 +235,7 @@ def main() -> None:
     parser.add_argument("--mbi-python", help="Python interpreter with mbi==2.0.0 installed; omit to skip mbi")
     parser.add_argument("--mbi-iterations", type=int, default=1000, help="mbi mirror-descent iterations")
     parser.add_argument("--mbi-worker", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
     if args.mbi_worker:
         run_mbi_worker(*args.mbi_worker)
@@ -316,14 +317,24 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
 
-    print(f"Adult, {args.nodes} nodes, epsilon {args.epsilon} and delta {args.delta} per node, "
-          f"process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    heading = (f"Adult, {args.nodes} nodes, epsilon {args.epsilon} and delta {args.delta} per node, "
+               f"process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     keys = list(rows[0])
-    print("| metric | " + " | ".join(f"seed {r['seed']}" for r in rows) + " |")
-    print("|---|" + "---|" * len(rows))
+    lines = ["| metric | " + " | ".join(f"seed {r['seed']}" for r in rows) + " |", "|---|" + "---|" * len(rows)]
     for key in keys[1:]:
         cells = [f"{r[key]:.4g}" if isinstance(r[key], float) else str(r[key]) for r in rows]
-        print(f"| {key} | " + " | ".join(cells) + " |")
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    print(heading)
+    print("\n".join(lines))
+
+    if not args.no_write:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from benchdoc import machine_summary, write_section
+
+        command = "python benchmarks/bench_model.py " + " ".join(sys.argv[1:])
+        body = "\n".join([f"Command: `{command}`", f"Machine: {machine_summary()}", "", heading + ".", "",
+                          *lines])
+        write_section("Estimator and sampler on 10-node Adult measurements", body)
 
 
 if __name__ == "__main__":
