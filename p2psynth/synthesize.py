@@ -20,13 +20,15 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 
 from p2psynth.errors import ModelError
 from p2psynth.schema import MISSING_LABEL, CategoricalColumn, Schema
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported on first use: a daemon that never samples saves its memory
 
 CHUNK_ROWS = 100_000
 MAX_ROWS = 100_000_000
@@ -129,6 +131,8 @@ def sample_chunks(
 
 
 def sample_frame(model, schema: Schema, *, rows: int, seed: int, conditions=None) -> pd.DataFrame:
+    import pandas as pd
+
     chunks = list(sample_chunks(model, schema, rows=rows, seed=seed, conditions=conditions))
     return pd.concat(chunks, ignore_index=True)
 
