@@ -57,6 +57,10 @@ MAX_CELLS_PER_MEASUREMENT = 1 << 21
 MAX_BASIS_IDS = 4096
 MAX_ATTRIBUTE_NAME_CHARS = 256
 MAX_SEQUENCE = (1 << 63) - 1
+# Noise scales outside this range are rejected: 1 / (2 sigma^2) must stay a
+# finite, non-zero float, and no useful release has counts this exact or this noisy.
+MIN_SIGMA = 1e-9
+MAX_SIGMA = 1e12
 
 _FINGERPRINT_PATTERN = re.compile(r"[0-9a-f]{64}")
 _BODY_FIELDS = 8
@@ -301,8 +305,10 @@ def _parse_measurement(index: int, raw: Any) -> Measurement:
                 f"measurement {index} declares more than {MAX_CELLS_PER_MEASUREMENT} cells"
             )
 
-    if type(sigma) is not float or not math.isfinite(sigma) or sigma <= 0:
-        raise ReleaseFormatError(f"measurement {index} sigma must be a positive finite float64, got {sigma!r}")
+    if type(sigma) is not float or not math.isfinite(sigma) or not MIN_SIGMA <= sigma <= MAX_SIGMA:
+        raise ReleaseFormatError(
+            f"measurement {index} sigma must be a float64 in [{MIN_SIGMA:g}, {MAX_SIGMA:g}], got {sigma!r}"
+        )
     if not isinstance(counts, bytes) or len(counts) != cells * 8:
         length = len(counts) if isinstance(counts, bytes) else type(counts).__name__
         raise ReleaseFormatError(

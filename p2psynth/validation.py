@@ -146,7 +146,13 @@ class ReleaseValidator:
 
     def accept(self, data: bytes, *, from_peer: str) -> Outcome:
         """Validate ``data`` and store it if valid; never raises for bad input."""
-        outcome = self._check(data)
+        try:
+            outcome = self._check(data)
+        except (ArithmeticError, ValueError, TypeError) as exc:
+            # A check that trips over odd input is a bug to fix, but the bytes
+            # still come from a peer: reject them and keep the node running.
+            log.exception("validating a release from peer %s failed", from_peer)
+            outcome = Outcome(False, "malformed", detail=f"{type(exc).__name__}: {exc}")
         if outcome.accepted:
             assert outcome.release is not None
             self.accepted[outcome.release.author] += 1

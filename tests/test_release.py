@@ -254,3 +254,14 @@ def test_fuzz_structured_bodies(fields):
     data = msgpack.packb([1, body, key.sign(SIGNATURE_CONTEXT + body)], use_bin_type=True)
     with pytest.raises(ReleaseFormatError):
         decode_release(data)
+
+
+@pytest.mark.parametrize("sigma", [1e-200, 5e-324, 1e200, 1.7e308])
+def test_extreme_sigma_rejected(sigma):
+    key = fixed_key()
+    _, release = make_release(key)
+    fields = _valid_fields(release)
+    fields[5] = 1e300  # a rho large enough for any sigma: only the sigma check may fail
+    fields[7][0][2] = sigma
+    with pytest.raises(ReleaseFormatError, match="sigma"):
+        decode_release(_resign(key, fields))
