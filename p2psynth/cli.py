@@ -26,7 +26,8 @@ EXIT_ERROR = 1
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args.log_level)
+    default_level = "INFO" if getattr(args, "handler", None) is _run_node else "WARNING"
+    _configure_logging(args.log_level or default_level)
     handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
@@ -52,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"p2psynth {__version__}")
     parser.add_argument(
-        "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="logging level for messages on stderr (default: WARNING)",
+        "--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging level for messages on stderr (default: INFO for 'node run', WARNING otherwise)",
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
@@ -128,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--model", type=Path, help="model file from 'p2psynth assemble' (needs --schema)")
     source.add_argument("--config", type=Path, help="node.toml of a running daemon (default: ./node.toml)")
     sample.add_argument("--schema", type=Path, help="schema TOML (with --model)")
-    sample.add_argument("--rows", type=int, required=True, help="number of rows")
+    sample.add_argument("--rows", type=_non_negative_int, required=True, help="number of rows (0 or more)")
     sample.add_argument("--where", action="append", default=[], metavar="COND",
                         help="condition COL=VALUE or 'COL in {A, B}'; repeat for several")
     sample.add_argument("--seed", type=int, help="seed for reproducible rows")
@@ -141,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--synthetic", type=Path, required=True, help="synthetic data file")
     evaluate.add_argument("--schema", type=Path, required=True, help="schema TOML both files follow")
     evaluate.add_argument("--target", help="column to predict for the ML efficacy score")
+    evaluate.add_argument("--real-skip-rows", type=_non_negative_int, default=0,
+                          help="junk lines to skip at the top of the real file (1 for UCI adult.test)")
     evaluate.add_argument("--out", type=Path, default=Path("evaluation"), help="report folder (default: ./evaluation)")
     evaluate.set_defaults(handler=_run_evaluate)
 
@@ -167,6 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
     schema.set_defaults(handler=lambda args: _print_help(schema))
 
     return parser
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give 0 or more")
+    return value
 
 
 def _add_config_argument(parser: argparse.ArgumentParser) -> None:
@@ -234,8 +247,9 @@ def _run_measure(args: argparse.Namespace) -> int:
     print(f"  sequence {release.sequence}, epoch {release.epoch}, {len(release.measurements)} marginals, "
           f"{len(published.data)} bytes")
     print(f"  epsilon {epsilon_from_rho(release.rho, status.delta):.4g} (rho {release.rho:.6g}) at delta {status.delta:g}")
-    print(f"  budget: spent epsilon {status.epsilon_spent:.4g} of {status.epsilon_limit:g}, "
-          f"remaining rho {status.rho_remaining:.6g}")
+    print(f"  budget: spent epsilon {status.epsilon_spent:.4g} of {status.epsilon_limit:g} "
+          f"(rho {status.rho_spent:.6g} of {status.rho_limit:.6g}); the remaining rho is epsilon "
+          f"{status.epsilon_remaining:.4g} if spent in one release")
     return 0
 
 
@@ -382,7 +396,7 @@ def _run_sample(args: argparse.Namespace) -> int:
         from p2psynth.errors import ModelError
         from p2psynth.model import GraphicalModel
         from p2psynth.schema import load_schema
-        from p2psynth.synthesize import parse_where, sample_chunks, write_rows
+        from p2psynth.synthesize import describe_conditions, parse_where, sample_chunks, write_rows
 
         if args.schema is None:
             raise ModelError("--model needs --schema: the schema the model's releases were made for")
@@ -392,6 +406,8 @@ def _run_sample(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise ModelError(f"cannot read model file {args.model}: {exc}") from exc
         conditions = parse_where(schema, args.where)
+        if conditions:
+            print(f"conditions (numeric values select their whole bin): {describe_conditions(schema, conditions)}")
         seed = args.seed if args.seed is not None else int.from_bytes(__import__("os").urandom(7), "big")
         size = write_rows(args.out, sample_chunks(model, schema, rows=args.rows, seed=seed, conditions=conditions), fmt)
     else:
@@ -409,7 +425,10 @@ def _run_sample(args: argparse.Namespace) -> int:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from p2psynth.evaluation_report import evaluate_files
 
-    summary = evaluate_files(args.real, args.synthetic, schema_path=args.schema, target=args.target, out_dir=args.out)
+    summary = evaluate_files(
+        args.real, args.synthetic, schema_path=args.schema, target=args.target, out_dir=args.out,
+        real_skip_rows=args.real_skip_rows,
+    )
     print(summary)
     return 0
 

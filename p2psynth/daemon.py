@@ -377,11 +377,16 @@ def run_daemon(config_path: Path, *, options: DaemonOptions = DaemonOptions()) -
 
 
 async def _stop_on_signal(daemon: NodeDaemon) -> None:
+    # The receiver stays open until the daemon has stopped: a second signal
+    # (Ctrl-C reaches a whole process group, then a supervisor sends SIGTERM)
+    # must not fall back to the default action and kill the process mid-shutdown.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
+            if daemon._stop.is_set():
+                log.info("received %s while stopping; still stopping", signal.Signals(signum).name)
+                continue
             log.info("received %s", signal.Signals(signum).name)
             daemon.stop()
-            return
 
 
 def _process_alive(pid: object) -> bool:

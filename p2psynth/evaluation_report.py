@@ -21,6 +21,7 @@ def evaluate_files(
     target: str | None,
     out_dir: Path,
     seed: int = 0,
+    real_skip_rows: int = 0,
 ) -> str:
     """Write a report folder comparing the two files; return a short text summary."""
     from p2psynth.encoding import encode_file
@@ -29,7 +30,7 @@ def evaluate_files(
     schema = load_schema(schema_path)
     if target is not None:
         schema.column(target)  # raises SchemaError naming the columns
-    real = encode_file(real_path, schema)
+    real = encode_file(real_path, schema, skip_rows=real_skip_rows)
     synthetic = encode_file(synthetic_path, schema)
     report = write_report(
         out_dir,

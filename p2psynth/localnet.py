@@ -176,6 +176,9 @@ class LocalNetwork:
         while time.monotonic() - started < timeout_s:
             if condition():
                 return time.monotonic() - started
+            started_nodes = [n for n in self.nodes if n.process is not None]
+            if started_nodes and all(n.process.poll() is not None for n in started_nodes):
+                raise LocalNetworkError(f"every node has exited while waiting for {what}; see their node.log files")
             for node in self.nodes:
                 if node.process is not None and node.process.poll() not in (None, 0, -signal.SIGKILL, -signal.SIGTERM):
                     raise LocalNetworkError(

@@ -74,7 +74,7 @@ class ModelKeeper:
         self._poll_s = poll_s
         # Set whenever a release was stored; cleared when a refit starts.
         self._changed = trio.Event()
-        self.state = ModelState(None, None, (), None, None, "no releases yet", None)
+        self.state = ModelState(None, None, (), None, None, "no model fitted yet", None)
         # Release ids the current state was computed from (fitted or failed).
         self._fitted_key: tuple[bytes, ...] | None = None
         self.fits = 0

@@ -153,7 +153,13 @@ def format_from_path(path: Path, explicit: str | None) -> str:
     if explicit:
         return check_format(explicit)
     suffix = Path(path).suffix.lower().lstrip(".")
-    return check_format({"csv": "csv", "parquet": "parquet", "pq": "parquet", "json": "json"}.get(suffix, "csv"))
+    known = {"csv": "csv", "parquet": "parquet", "pq": "parquet", "json": "json"}
+    if suffix not in known:
+        raise ModelError(
+            f"cannot tell the output format from {Path(path).name!r}; name the file .csv, .parquet or .json, "
+            "or pass --format"
+        )
+    return known[suffix]
 
 
 def encode_chunks(chunks: Iterable[pd.DataFrame], fmt: str) -> Iterator[bytes]:

@@ -224,7 +224,7 @@ def test_publish_rejects_bad_epsilon(empty, body):
 def test_model_without_releases(empty):
     model = empty.get("/v1/model").json()
     assert model["model_id"] is None
-    assert model["error"] == "no releases yet"
+    assert model["error"] == "no model fitted yet"
 
 
 @pytest.mark.parametrize(("method", "url", "body"), [
