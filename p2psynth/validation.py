@@ -102,7 +102,7 @@ class RejectionCounter:
         self.by_reason[reason] += 1
         self.by_peer[(peer, reason)] += 1
 
-        # A replay is what gossip races produce; it is no sign of misbehaviour.
+        # A replay usually comes from a gossip race (one release pulled twice), not from misbehaviour.
         level = logging.DEBUG if reason == "replay" else logging.WARNING
         now = time.monotonic()
         last = self._last_logged.get((peer, reason))
@@ -145,7 +145,11 @@ class ReleaseValidator:
         self.rejected_sequences: dict[bytes, int] = {}
 
     def accept(self, data: bytes, *, from_peer: str) -> Outcome:
-        """Validate ``data`` and store it if valid; never raises for bad input."""
+        """Validate ``data`` and store it if valid.
+
+        Faulty peer input is rejected, never raised. Store failures (sqlite3)
+        do raise: the caller's guard logs them and the node keeps running.
+        """
         try:
             outcome = self._check(data)
         except (ArithmeticError, ValueError, TypeError) as exc:
