@@ -35,7 +35,7 @@ from p2psynth.members import load_members
 from p2psynth.modelkeeper import ModelKeeper
 from p2psynth.nodeconfig import NodeConfig, load_node_config
 from p2psynth.nodefolder import OpenNode, measure_and_publish, open_node, write_file_atomically
-from p2psynth.release import author_fingerprint, release_id
+from p2psynth.release import author_fingerprint, decode_release, release_id
 from p2psynth.validation import ReleaseValidator
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ class DaemonOptions:
     model_debounce_s: float = 0.5
     model_incomplete_debounce_s: float = 3.0
     redial_interval_s: float = 30.0
+    # Longest wait between two checks of the publish schedule and the data file.
+    publish_check_s: float = 60.0
     serve_api: bool = True
     network_seed: int | None = None
 
@@ -141,6 +143,8 @@ class NodeDaemon:
                 await nursery.start(run_network)
                 await nursery.start(self.models.run)
                 nursery.start_soon(self._write_status_periodically)
+                if self.config.publish.interval_hours > 0 or self.config.publish.on_data_change:
+                    nursery.start_soon(self._publish_when_due)
                 if self.options.serve_api:
                     from p2psynth.api import serve_api
 
@@ -232,6 +236,46 @@ class NodeDaemon:
             "size_bytes": len(published.data),
             "file": str(published.path),
         }
+
+    async def _publish_when_due(self) -> None:
+        """Publish on the node.toml schedule or data-file change until the budget runs out."""
+        from p2psynth.errors import BudgetExceededError
+        from p2psynth.schedule import ScheduleState, file_signature, publish_reason
+
+        settings = self.config.publish
+        own = self.node.store.own_releases()
+        latest_ms = max((decode_release(r.data).created_at_ms for r in own), default=None)
+        signature = file_signature(self.config.data.path)
+        state = ScheduleState(
+            last_publish_s=None if latest_ms is None else latest_ms / 1000,
+            published_signature=signature,
+            previous_signature=signature,
+        )
+        check_s = self.options.publish_check_s
+        if settings.interval_hours:
+            check_s = min(check_s, max(1.0, settings.interval_hours * 3600 / 10))
+        while True:
+            await trio.sleep(check_s)
+            reason = publish_reason(
+                state,
+                now_s=time.time(),
+                interval_hours=settings.interval_hours,
+                on_data_change=settings.on_data_change,
+                current_signature=file_signature(self.config.data.path),
+            )
+            if reason is None:
+                continue
+            log.info("publishing on its own: %s", reason)
+            try:
+                await self.publish()
+            except BudgetExceededError as exc:
+                log.error("scheduled publishing stops: %s", exc)
+                return
+            except P2PSynthError as exc:
+                log.error("scheduled publish failed (%s); the next check retries", exc)
+                continue
+            state.last_publish_s = time.time()
+            state.published_signature = state.previous_signature
 
     def _publish_in_thread(self, epsilon: float | None):
         # SQLite connections belong to one thread: open the node again here.

@@ -59,6 +59,17 @@ class ApiConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PublishConfig:
+    """When the daemon publishes without being asked; both off by default.
+
+    Every release spends budget, so a schedule ends when the lifetime budget does.
+    """
+
+    interval_hours: float = 0.0  # 0: only on request (p2psynth publish, POST /v1/publish)
+    on_data_change: bool = False  # publish when the data file's size or modification time changes
+
+
+@dataclass(frozen=True, kw_only=True)
 class NodeConfig:
     """A node's settings with every path absolute."""
 
@@ -71,6 +82,7 @@ class NodeConfig:
     privacy: PrivacyConfig
     network: NetworkConfig
     api: ApiConfig = field(default_factory=ApiConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
 
     @property
     def folder(self) -> Path:
@@ -83,6 +95,7 @@ _SECTIONS: dict[str, set[str]] = {
     "privacy": {"lifetime_epsilon", "delta", "release_epsilon"},
     "network": {"network_id", "members_file", "listen", "bootstrap"},
     "api": {"listen", "token_file"},
+    "publish": {"interval_hours", "on_data_change"},
 }
 
 
@@ -99,6 +112,19 @@ def load_node_config(path: Path) -> NodeConfig:
     privacy = reader.section("privacy")
     network = reader.section("network")
     api = reader.section("api", required=False)
+    publish = reader.section("publish", required=False)
+
+    interval_hours = publish.get("interval_hours", 0.0)
+    if isinstance(interval_hours, bool) or not isinstance(interval_hours, (int, float)) or not (
+        interval_hours == 0 or 1 / 60 <= interval_hours < math.inf
+    ):
+        raise ConfigError(
+            f"{path}: publish.interval_hours = {interval_hours!r}; use 0 (publish on request only) "
+            "or a number of hours of at least 1/60"
+        )
+    on_data_change = publish.get("on_data_change", False)
+    if not isinstance(on_data_change, bool):
+        raise ConfigError(f"{path}: publish.on_data_change = {on_data_change!r}; use true or false")
 
     lifetime_epsilon = reader.positive_float(privacy, "privacy", "lifetime_epsilon")
     release_epsilon = reader.positive_float(privacy, "privacy", "release_epsilon")
@@ -140,6 +166,7 @@ def load_node_config(path: Path) -> NodeConfig:
             listen=tuple(reader.string_list(network, "network", "listen", default=["/ip4/127.0.0.1/tcp/0"])),
             bootstrap=tuple(reader.string_list(network, "network", "bootstrap", default=[])),
         ),
+        publish=PublishConfig(interval_hours=float(interval_hours), on_data_change=on_data_change),
         api=ApiConfig(
             host=api_host,
             port=api_port,
@@ -190,6 +217,10 @@ bootstrap = []                   # multiaddrs of peers to dial, /ip4/.../tcp/...
 [api]
 listen = "127.0.0.1:{api_port}"   # the local HTTP API; keep it on loopback
 token_file = "api.token"         # bearer token, mode 0600
+
+[publish]
+interval_hours = 0               # 0: publish only on request; else every N hours (each release spends budget)
+on_data_change = false           # publish when the data file changes
 """
 
 
