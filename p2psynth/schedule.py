@@ -1,8 +1,8 @@
 """When a daemon publishes on its own: on a schedule, or when its data file changed.
 
 The decision is a plain function of the clock and the data file's signature
-(size and modification time), so it is tested without a network; the daemon
-only calls it once a check interval and acts on the answer. A changed file
+(size and modification time), so it is tested without a network. The daemon
+calls it once per check interval and publishes when it returns a reason. A changed file
 is published once its signature has stayed the same for one whole check, so
 that a file still being written is not measured half-way.
 """
@@ -34,7 +34,7 @@ def file_signature(path: Path | None) -> FileSignature | None:
 
 @dataclass
 class ScheduleState:
-    """What the schedule remembers between checks."""
+    """Schedule memory carried from one check to the next."""
 
     last_publish_s: float | None  # wall-clock time of this node's latest release, if any
     published_signature: FileSignature | None  # data file as it was at the latest release or start
