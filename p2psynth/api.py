@@ -5,7 +5,7 @@ FastAPI describes the endpoints (the OpenAPI schema is served at
 daemon's own event loop, so handlers read the daemon's state directly.
 Requests need ``Authorization: Bearer <token>`` with the token from the
 node's ``api.token`` file (mode 0600); the comparison is constant-time.
-The API listens on 127.0.0.1 unless node.toml says otherwise.
+The API listens on 127.0.0.1 unless node.toml sets another address.
 
 Endpoints (all under ``/v1``): ``status``, ``budget``, ``model``,
 ``publish`` (POST) and ``sample`` (GET with query parameters, or POST with a
@@ -102,12 +102,12 @@ def create_app(daemon) -> FastAPI:
 
     @app.get("/v1/budget", dependencies=[Depends(authorize)])
     async def budget() -> dict[str, Any]:
-        """The privacy budget spent and remaining."""
+        """Return the privacy budget spent and remaining."""
         return _json_safe(daemon.status()["budget"])
 
     @app.get("/v1/model", dependencies=[Depends(authorize)])
     async def model() -> dict[str, Any]:
-        """The current model's id, provenance and estimated row count."""
+        """Return the current model's id, provenance and estimated row count."""
         return _json_safe(daemon.status()["model"])
 
     @app.post("/v1/publish", dependencies=[Depends(authorize)], responses={409: {"description": "budget exhausted"}})

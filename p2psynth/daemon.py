@@ -54,7 +54,7 @@ class DaemonOptions:
     model_debounce_s: float = 0.5
     model_incomplete_debounce_s: float = 3.0
     redial_interval_s: float = 30.0
-    # Longest wait between two checks of the publish schedule and the data file.
+    # Maximum wait between two checks of the publish schedule and the data file.
     publish_check_s: float = 60.0
     serve_api: bool = True
     network_seed: int | None = None
@@ -360,7 +360,7 @@ class NodeDaemon:
 
 
 class _PullSource:
-    """The store as the network sees it, plus sequences this node rejected.
+    """The store as served to the network layer, plus sequences this node rejected.
 
     Anti-entropy pulls every sequence a peer holds above ours. A release that
     its author signed but that failed validation (wrong schema, domain or

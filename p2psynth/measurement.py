@@ -51,7 +51,7 @@ DEFAULT_MAX_PAIR_CELLS = 100_000
 
 @dataclass(frozen=True)
 class MeasurementResult:
-    """What a measurement step produced and what it cost."""
+    """Measurements of one step with their privacy cost."""
 
     measurements: tuple[Measurement, ...]
     rho: float
