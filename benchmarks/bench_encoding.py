@@ -23,8 +23,7 @@ import numpy as np
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 SCHEMA = REPOSITORY / "node_config" / "adult.schema.toml"
-# TODO: drop the second folder once the lead has copied the Adult files into data/adult.
-DATA_FOLDERS = [REPOSITORY / "data" / "adult", Path("/work/shared/data/adult/raw_uci")]
+DATA_FOLDERS = [REPOSITORY / "data" / "adult"]
 
 CHILD = """
 import json, resource, sys, time

@@ -33,6 +33,7 @@ Run:  /work/venv/bin/python benchmarks/bench_model.py --seeds 0 1 2 --mbi-python
 from __future__ import annotations
 
 import argparse
+import gzip
 import itertools
 import json
 import math
@@ -47,7 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
-DATA_DIR = Path(os.environ.get("P2PSYNTH_ADULT_DIR", "/work/shared/data/adult"))
+# The coded Adult shipped in the repository; P2PSYNTH_ADULT_DIR points at another copy.
+DATA_DIR = Path(os.environ.get("P2PSYNTH_ADULT_DIR", Path(__file__).resolve().parent.parent / "data" / "adult-coded"))
 
 
 # --- data and simulated measurements ------------------------------------------------------
@@ -56,7 +58,8 @@ DATA_DIR = Path(os.environ.get("P2PSYNTH_ADULT_DIR", "/work/shared/data/adult"))
 def load_adult(data_dir: Path) -> tuple[list[str], list[int], np.ndarray]:
     """Return (attribute names, domain sizes, codes of shape (rows, attributes))."""
     sizes = json.loads((data_dir / "adult-domain.json").read_text())
-    with open(data_dir / "adult.csv") as handle:
+    table = data_dir / "adult.csv.gz" if (data_dir / "adult.csv.gz").exists() else data_dir / "adult.csv"
+    with (gzip.open(table, "rt") if table.suffix == ".gz" else open(table)) as handle:
         header = handle.readline().strip().split(",")
         codes = np.loadtxt(handle, delimiter=",", dtype=np.int64)
     names = list(sizes)

@@ -61,7 +61,7 @@ def load_adult():
 
     from p2psynth.domain import Domain
 
-    for folder in (REPO / "data" / "adult-coded", Path("/work/shared/data/adult")):
+    for folder in (REPO / "data" / "adult-coded",):
         table = next((folder / name for name in ("adult.csv.gz", "adult.csv") if (folder / name).exists()), None)
         if table is not None and (folder / "adult-domain.json").exists():
             domain = Domain.from_dict(json.loads((folder / "adult-domain.json").read_text()))
