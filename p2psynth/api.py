@@ -103,12 +103,12 @@ def create_app(daemon) -> FastAPI:
     @app.get("/v1/budget", dependencies=[Depends(authorize)])
     async def budget() -> dict[str, Any]:
         """Return the privacy budget spent and remaining."""
-        return _json_safe(daemon.status()["budget"])
+        return _json_safe(daemon.budget_view())
 
     @app.get("/v1/model", dependencies=[Depends(authorize)])
     async def model() -> dict[str, Any]:
         """Return the current model's id, provenance and estimated row count."""
-        return _json_safe(daemon.status()["model"])
+        return _json_safe(daemon.model_view())
 
     @app.post("/v1/publish", dependencies=[Depends(authorize)], responses={409: {"description": "budget exhausted"}})
     async def publish(request: PublishRequest | None = None) -> Any:
@@ -125,7 +125,7 @@ def create_app(daemon) -> FastAPI:
                 content={
                     "detail": str(exc),
                     "requested_epsilon": requested,
-                    "budget": _json_safe(daemon.status()["budget"]),
+                    "budget": _json_safe(daemon.budget_view()),
                 },
             )
 

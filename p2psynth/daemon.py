@@ -284,23 +284,41 @@ class NodeDaemon:
 
     # Status ----------------------------------------------------------------
 
+    def budget_view(self) -> dict:
+        """Return the ledger's budget as JSON-ready values, or the ledger's error."""
+        try:
+            budget = self.node.ledger.status()
+        except P2PSynthError as exc:
+            return {"error": str(exc)}
+        return {
+            "lifetime_epsilon": budget.epsilon_limit,
+            "delta": budget.delta,
+            "releases": budget.releases,
+            "rho_spent": budget.rho_spent,
+            "rho_remaining": budget.rho_remaining,
+            "epsilon_spent": budget.epsilon_spent,
+            "error": None,
+        }
+
+    def model_view(self) -> dict:
+        """Return the current model's id, provenance and fit facts as JSON-ready values."""
+        model = self.models.state
+        return {
+            "model_id": model.model_id,
+            "releases": list(model.release_ids),
+            "fitted_at_ms": model.fitted_at_ms,
+            "fit_seconds": model.fit_seconds,
+            "error": model.error,
+            "provenance": getattr(model.model, "provenance", None),
+            "estimated_rows": getattr(model.model, "total", None),
+            "dropped_cliques": [
+                list(c) for c in getattr(getattr(model.model, "fit_summary", None), "dropped_cliques", ())
+            ],
+        }
+
     def status(self, *, running: bool = True) -> dict:
         store = self.node.store
         latest = store.latest_sequences()
-        model = self.models.state
-        try:
-            budget = self.node.ledger.status()
-            budget_view = {
-                "lifetime_epsilon": budget.epsilon_limit,
-                "delta": budget.delta,
-                "releases": budget.releases,
-                "rho_spent": budget.rho_spent,
-                "rho_remaining": budget.rho_remaining,
-                "epsilon_spent": budget.epsilon_spent,
-                "error": None,
-            }
-        except P2PSynthError as exc:
-            budget_view = {"error": str(exc)}
         return {
             "running": running,
             "pid": os.getpid(),
@@ -319,7 +337,8 @@ class NodeDaemon:
             ],
             "releases": {
                 "stored": store.count_releases(),
-                "current": len(store.current_releases()),
+                # The releases the model keeper fits: current members' latest epochs.
+                "current": len(self.models.current_keys()),
                 "latest_sequence_by_member": {
                     self.members.name_of(author): sequence for author, sequence in sorted(latest.items())
                 },
@@ -329,19 +348,8 @@ class NodeDaemon:
             },
             "rejections": self.validator.rejections.snapshot(),
             "network": self.network.statistics() if running else {},
-            "model": {
-                "model_id": model.model_id,
-                "releases": list(model.release_ids),
-                "fitted_at_ms": model.fitted_at_ms,
-                "fit_seconds": model.fit_seconds,
-                "error": model.error,
-                "provenance": getattr(model.model, "provenance", None),
-                "estimated_rows": getattr(model.model, "total", None),
-                "dropped_cliques": [
-                    list(c) for c in getattr(getattr(model.model, "fit_summary", None), "dropped_cliques", ())
-                ],
-            },
-            "budget": budget_view,
+            "model": self.model_view(),
+            "budget": self.budget_view(),
             "api": {"host": self.config.api.host, "port": getattr(self, "api_port", None)},
             "blocked_peers": sorted(self.members.name_of(key) for key in self.blocked),
         }
@@ -362,7 +370,7 @@ class NodeDaemon:
 class _PullSource:
     """The store as served to the network layer, plus sequences this node rejected.
 
-    Anti-entropy pulls every sequence a peer holds above ours. A release that
+    Anti-entropy pulls every sequence a peer has above ours. A release that
     its author signed but that failed validation (wrong schema, domain or
     implausible counts) would otherwise be pulled again every round, so its
     sequence counts as seen. Releases whose signature did not verify are not

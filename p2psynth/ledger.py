@@ -79,7 +79,9 @@ class BudgetLedger:
 
     def status(self) -> BudgetStatus:
         """Verify the ledger and return the budget it records."""
-        rows = self._verified_rows()
+        return self._status_of(self._verified_rows())
+
+    def _status_of(self, rows: list[tuple]) -> BudgetStatus:
         return BudgetStatus(
             epsilon_limit=self.epsilon_limit,
             delta=self.delta,
@@ -91,6 +93,10 @@ class BudgetLedger:
     def check_affordable(self, rho: float) -> BudgetStatus:
         """Raise BudgetExceededError unless ``rho`` more fits in the budget."""
         status = self.status()
+        self._raise_if_over(status, rho)
+        return status
+
+    def _raise_if_over(self, status: BudgetStatus, rho: float) -> None:
         if status.rho_spent + rho > self.rho_limit * (1 + 1e-12):
             requested_epsilon = epsilon_from_rho(rho, self.delta)
             raise BudgetExceededError(
@@ -101,7 +107,6 @@ class BudgetLedger:
                 f"{requested_epsilon:.4g} (rho {rho:.6g}). Request a smaller epsilon, or stop "
                 "publishing: raising the lifetime budget weakens the promise made to data owners."
             )
-        return status
 
     # Writing ---------------------------------------------------------------
 
@@ -124,8 +129,7 @@ class BudgetLedger:
         with self._store.transaction() as connection:
             rows = self._verified_rows()
             spent = sum(row[3] for row in rows)
-            if spent + rho > self.rho_limit * (1 + 1e-12):
-                self.check_affordable(rho)  # raises with the full message
+            self._raise_if_over(self._status_of(rows), rho)
 
             sequence = self._next_sequence(rows)
             release = Release(

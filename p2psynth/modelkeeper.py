@@ -83,17 +83,22 @@ class ModelKeeper:
         """Record that the store changed; a refit follows after the debounce."""
         self._changed.set()
 
-    def current_rows(self):
-        """Return the stored current releases of current members."""
-        rows = self._store.current_releases()
+    def current_keys(self) -> list[tuple[bytes, bytes]]:
+        """Return (release id, author) of the stored current releases of current members."""
+        keys = self._store.current_release_keys()
         if self._members is None:
-            return rows
+            return keys
         members = self._members()
-        return [row for row in rows if row.author in members]
+        return [(rid, author) for rid, author in keys if author in members]
+
+    def current_rows(self):
+        """Return the stored current releases of current members, with their bytes."""
+        wanted = {rid for rid, _ in self.current_keys()}
+        return [row for row in self._store.current_releases() if row.release_id in wanted]
 
     def pending_key(self) -> tuple[bytes, ...] | None:
         """Return the current release ids if they differ from the fitted ones, else None."""
-        key = tuple(sorted(row.release_id for row in self.current_rows()))
+        key = tuple(sorted(rid for rid, _ in self.current_keys()))
         if not key or key == self._fitted_key:
             return None
         return key
@@ -101,7 +106,7 @@ class ModelKeeper:
     def _quiet_period_s(self) -> float:
         if self._members is None:
             return self._debounce_s
-        authors = {row.author for row in self.current_rows()}
+        authors = {author for _, author in self.current_keys()}
         return self._debounce_s if authors >= self._members() else self._incomplete_debounce_s
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:

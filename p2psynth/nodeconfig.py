@@ -21,7 +21,7 @@ DEFAULT_API_PORT = 8470
 
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    """Where the private table is and how to read it."""
+    """Location of the private table and the options for reading it."""
 
     path: Path | None
     schema: Path | None

@@ -87,7 +87,7 @@ def init_node(
     existing = [p.name for p in (folder / "node.toml", folder / "node.key", folder / "store.sqlite") if p.exists()]
     if existing:
         raise ConfigError(
-            f"{folder} already holds a node ({', '.join(existing)}); choose an empty folder. "
+            f"{folder} already contains a node ({', '.join(existing)}); choose an empty folder. "
             "Never re-initialize a node that has published: its ledger records the budget spent."
         )
     if release_epsilon > lifetime_epsilon:
@@ -182,12 +182,11 @@ def measure_and_publish(
     result: MeasurementResult = measure_mst(
         encoded.codes, schema.domain, rho=rho, random=random if random is not None else SecureRandom()
     )
-    own_epochs = [stored.epoch for stored in node.store.own_releases()]
     data, release = node.ledger.publish(
         schema_fingerprint=schema.fingerprint,
         measurements=list(result.measurements),
         rho=result.rho,
-        epoch=max(own_epochs, default=0) + 1,
+        epoch=node.store.max_own_epoch() + 1,
     )
 
     # The release is committed to the ledger: only now may its bytes leave memory.

@@ -106,7 +106,7 @@ class Store:
         path = Path(path)
         if path.exists():
             raise StoreError(
-                f"store {path} exists already; a node's store holds its budget ledger "
+                f"store {path} exists already; a node's store contains its budget ledger "
                 "and must never be replaced. Use another folder for a new node."
             )
         store = cls._connect(path)
@@ -134,7 +134,7 @@ class Store:
         path = Path(path)
         if not path.is_file():
             raise LedgerError(
-                f"store {path} (which holds the budget ledger) is missing. Restore it from a "
+                f"store {path} (which contains the budget ledger) is missing. Restore it from a "
                 "backup; creating a new one would forget the budget already spent. "
                 "A new node is created with 'p2psynth init'."
             )
@@ -289,6 +289,22 @@ class Store:
             " ORDER BY r.author, r.sequence, r.release_id"
         ).fetchall()
         return [_stored(row) for row in rows]
+
+    def current_release_keys(self) -> list[tuple[bytes, bytes]]:
+        """Return (release id, author) of ``current_releases()`` without reading the release bytes."""
+        rows = self._connection.execute(
+            "SELECT r.release_id, r.author FROM releases r"
+            " JOIN (SELECT author, MAX(epoch) AS epoch FROM releases GROUP BY author) latest"
+            "   ON r.author = latest.author AND r.epoch = latest.epoch"
+            " WHERE r.author NOT IN (SELECT author FROM flagged_authors)"
+            " ORDER BY r.author, r.sequence, r.release_id"
+        ).fetchall()
+        return [(bytes(rid), bytes(author)) for rid, author in rows]
+
+    def max_own_epoch(self) -> int:
+        """Return the highest epoch among own releases, 0 when there are none."""
+        row = self._connection.execute("SELECT MAX(epoch) FROM releases WHERE own = 1").fetchone()
+        return int(row[0] or 0)
 
     def count_releases(self) -> int:
         return int(self._connection.execute("SELECT COUNT(*) FROM releases").fetchone()[0])

@@ -2,7 +2,7 @@
 
 Shared by ``p2psynth sample`` (from a model file or through the daemon) and
 the HTTP API. Rows are drawn in chunks of ``CHUNK_ROWS`` so that a large
-request never holds all rows in memory at once; chunk ``i`` uses a seed
+request never keeps all rows in memory at once; chunk ``i`` uses a seed
 derived from the request's seed and ``i``, so the same request always gives
 the same rows.
 

@@ -47,7 +47,7 @@ def test_init_creates_private_key(node):
 
 def test_init_refuses_existing_node(node, capsys):
     assert main(["init", str(node)]) == 1
-    assert "already holds a node" in capsys.readouterr().err
+    assert "already contains a node" in capsys.readouterr().err
 
 
 def test_measure_then_inspect(node, capsys):

@@ -37,7 +37,7 @@ def test_schedule_off_never_publishes():
 
 def test_data_change_waits_until_stable():
     state = _state(last_publish_s=0.0)
-    # First check sees the new file: it may still be written, so wait.
+    # The first check finds the new file, which may still be written, so it waits.
     assert publish_reason(state, now_s=1.0, interval_hours=0, on_data_change=True, current_signature=NEW) is None
     assert publish_reason(state, now_s=2.0, interval_hours=0, on_data_change=True,
                           current_signature=NEW) == "data changed"
