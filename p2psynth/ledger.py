@@ -118,6 +118,8 @@ class BudgetLedger:
         rho: float,
         epoch: int,
         basis: tuple[bytes, ...] = (),
+        round: int = 0,
+        grouping: tuple[tuple[str, tuple[int, ...]], ...] = (),
         created_at_ms: int | None = None,
     ) -> tuple[bytes, Release]:
         """Sign, debit and store a new own release in one transaction; return its bytes.
@@ -141,6 +143,8 @@ class BudgetLedger:
                 rho=float(rho),
                 measurements=tuple(measurements),
                 basis=tuple(basis),
+                round=round,
+                grouping=tuple(grouping),
             )
             data = encode_release(release, self._key)
             rid = release_id(data)

@@ -13,9 +13,16 @@ Layout (docs/protocol.md is the full specification)::
     signature = Ed25519(author key, SIGNATURE_CONTEXT + body)
     body = [schema_fingerprint: str(64 hex), author: bin(32), sequence: int,
             epoch: int, created_at_ms: int, rho: float64,
-            basis: [bin(32), ...],
+            basis: [bin(32), ...], round: int,
+            grouping: [[attribute: str, starts: [int, ...]], ...],
             measurements: [[attributes: [str, ...], shape: [int, ...],
                             sigma: float64, counts: bin(int64 little-endian)], ...]]
+
+``grouping`` lists the attributes whose codes this release measures in groups
+of consecutive codes, each by the first code of every group (sorted by
+attribute name; an attribute left out is at full resolution). A measurement's
+shape then has one entry per group. Measurement rounds use it: round 2 and 3
+of the network's strategy measure pairs on grouped codes (docs/strategy.md).
 
 Arrays rather than maps keep the field order fixed without a canonical map
 ordering rule. Counts travel as raw little-endian int64 because a msgpack array
@@ -44,7 +51,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from p2psynth.domain import Domain, Measurement
 from p2psynth.errors import ReleaseFormatError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SIGNATURE_CONTEXT = b"p2psynth/release/v1\x00"
 
 # Limits of the decoder. A release of the 15-column Adult schema with all
@@ -55,6 +62,11 @@ MAX_MEASUREMENTS = 4096
 MAX_ATTRIBUTES_PER_MEASUREMENT = 8
 MAX_CELLS_PER_MEASUREMENT = 1 << 21
 MAX_BASIS_IDS = 4096
+MAX_GROUPED_ATTRIBUTES = 1024
+MAX_GROUPS_PER_ATTRIBUTE = 4096
+# Round 0 is a release outside any round plan (such as a node's own MST
+# selection); the network strategy uses rounds 1 to 3.
+MAX_ROUND = 255
 MAX_ATTRIBUTE_NAME_CHARS = 256
 MAX_SEQUENCE = (1 << 63) - 1
 # Noise scales outside this range are rejected: 1 / (2 sigma^2) must stay a
@@ -63,7 +75,7 @@ MIN_SIGMA = 1e-9
 MAX_SIGMA = 1e12
 
 _FINGERPRINT_PATTERN = re.compile(r"[0-9a-f]{64}")
-_BODY_FIELDS = 8
+_BODY_FIELDS = 10
 
 
 class InvalidSignatureError(ReleaseFormatError):
@@ -79,6 +91,8 @@ class Release:
     to the first, while a new epoch (for example after the data changed)
     replaces everything before it. ``basis`` lists the release ids that the
     choice of these measurements depended on (empty for a first round).
+    ``round`` is the measurement round of the network strategy (0 outside
+    it) and ``grouping`` maps grouped attributes to their group start codes.
     """
 
     schema_fingerprint: str
@@ -89,11 +103,20 @@ class Release:
     rho: float
     measurements: tuple[Measurement, ...]
     basis: tuple[bytes, ...] = ()
+    round: int = 0
+    grouping: tuple[tuple[str, tuple[int, ...]], ...] = ()
     version: int = FORMAT_VERSION
 
     @property
     def author_hex(self) -> str:
         return self.author.hex()
+
+    def group_starts(self, attribute: str) -> tuple[int, ...] | None:
+        """Return the group start codes of ``attribute``, or None when it is at full resolution."""
+        for name, starts in self.grouping:
+            if name == attribute:
+                return starts
+        return None
 
     def measurement_rho(self) -> float:
         """Return the zCDP cost of the noisy counts alone: each marginal has L2 sensitivity 1."""
@@ -181,18 +204,29 @@ def decode_release(data: bytes, *, max_bytes: int = MAX_RELEASE_BYTES) -> Releas
 
 
 def check_against_domain(release: Release, domain: Domain) -> None:
-    """Raise ReleaseFormatError unless every measurement fits ``domain``'s attributes and sizes."""
+    """Raise ReleaseFormatError unless the grouping and every measurement fit ``domain``."""
+    groups: dict[str, int] = {}
+    for attribute, starts in release.grouping:
+        if attribute not in domain:
+            raise ReleaseFormatError(f"grouping names attribute {attribute!r}, which is not in the schema")
+        size = domain.size(attribute)
+        if starts[-1] >= size or len(starts) >= size:
+            raise ReleaseFormatError(
+                f"grouping of {attribute!r} has group starts up to {starts[-1]} in {len(starts)} groups; "
+                f"the schema gives {size} codes, so a grouping needs fewer groups than codes, all below {size}"
+            )
+        groups[attribute] = len(starts)
     for index, m in enumerate(release.measurements):
         for attribute in m.attributes:
             if attribute not in domain:
                 raise ReleaseFormatError(
                     f"measurement {index} uses attribute {attribute!r}, which is not in the schema"
                 )
-        expected = domain.shape(m.attributes)
+        expected = tuple(groups.get(a, domain.size(a)) for a in m.attributes)
         if m.counts.shape != expected:
             raise ReleaseFormatError(
                 f"measurement {index} over {m.attributes} has shape {m.counts.shape}; "
-                f"the schema gives {expected}"
+                f"the schema and the release's grouping give {expected}"
             )
 
 
@@ -214,6 +248,8 @@ def _body_fields(release: Release) -> list[Any]:
         int(release.created_at_ms),
         float(release.rho),
         list(release.basis),
+        int(release.round),
+        [[name, [int(code) for code in starts]] for name, starts in release.grouping],
         measurements,
     ]
 
@@ -243,7 +279,7 @@ def _parse_body(fields: Any) -> Release:
     if not isinstance(fields, list) or len(fields) != _BODY_FIELDS:
         count = len(fields) if isinstance(fields, list) else type(fields).__name__
         raise ReleaseFormatError(f"release body must be an array of {_BODY_FIELDS} fields, got {count}")
-    fingerprint, author, sequence, epoch, created_at_ms, rho, basis, raw_measurements = fields
+    fingerprint, author, sequence, epoch, created_at_ms, rho, basis, round_, raw_grouping, raw_measurements = fields
 
     if not isinstance(fingerprint, str) or not _FINGERPRINT_PATTERN.fullmatch(fingerprint):
         raise ReleaseFormatError("schema fingerprint must be 64 lowercase hex characters")
@@ -260,6 +296,8 @@ def _parse_body(fields: Any) -> Release:
     for item in basis:
         if not isinstance(item, bytes) or len(item) != 32:
             raise ReleaseFormatError("every basis entry must be a 32-byte release id")
+    _check_int("round", round_, minimum=0, maximum=MAX_ROUND)
+    grouping = _parse_grouping(raw_grouping)
 
     if not isinstance(raw_measurements, list) or not 1 <= len(raw_measurements) <= MAX_MEASUREMENTS:
         raise ReleaseFormatError(f"measurements must be an array of 1 to {MAX_MEASUREMENTS} entries")
@@ -274,9 +312,33 @@ def _parse_body(fields: Any) -> Release:
         rho=rho,
         measurements=measurements,
         basis=tuple(basis),
+        round=round_,
+        grouping=grouping,
     )
     _check_fields(release)
     return release
+
+
+def _parse_grouping(raw: Any) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    if not isinstance(raw, list) or len(raw) > MAX_GROUPED_ATTRIBUTES:
+        raise ReleaseFormatError(
+            f"grouping must be an array of at most {MAX_GROUPED_ATTRIBUTES} [attribute, starts] pairs"
+        )
+    grouping = []
+    for entry in raw:
+        if not isinstance(entry, list) or len(entry) != 2:
+            raise ReleaseFormatError("every grouping entry must be an array of [attribute, starts]")
+        name, starts = entry
+        if not isinstance(name, str) or not 1 <= len(name) <= MAX_ATTRIBUTE_NAME_CHARS:
+            raise ReleaseFormatError(f"grouping has an invalid attribute name {name!r}")
+        if not isinstance(starts, list) or not 1 <= len(starts) <= MAX_GROUPS_PER_ATTRIBUTE:
+            raise ReleaseFormatError(
+                f"grouping of {name!r} must list 1 to {MAX_GROUPS_PER_ATTRIBUTE} group start codes"
+            )
+        for code in starts:
+            _check_int(f"group start of {name!r}", code, minimum=0)
+        grouping.append((name, tuple(starts)))
+    return tuple(grouping)
 
 
 def _parse_measurement(index: int, raw: Any) -> Measurement:
@@ -337,3 +399,15 @@ def _check_fields(release: Release) -> None:
         raise ReleaseFormatError(f"sequence must be in [1, {MAX_SEQUENCE}], got {release.sequence}")
     if release.schema_fingerprint != release.schema_fingerprint.lower():
         raise ReleaseFormatError("schema fingerprint must be lowercase hex")
+    if not 0 <= release.round <= MAX_ROUND:
+        raise ReleaseFormatError(f"round must be in [0, {MAX_ROUND}], got {release.round}")
+    names = [name for name, _ in release.grouping]
+    if names != sorted(set(names)):
+        raise ReleaseFormatError(
+            f"grouping attributes {names} must be sorted by name with no repeats (one encoding per release)"
+        )
+    for name, starts in release.grouping:
+        if not starts or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])):
+            raise ReleaseFormatError(
+                f"group starts of {name!r} are {list(starts)[:8]}; they must begin at 0 and strictly increase"
+            )
