@@ -13,6 +13,13 @@ little-endian float64 bytes in C order, the provenance map with sorted keys,
 and no timestamps. The model id is the SHA-256 of those bytes, so peers that
 fitted the same releases can compare models by id.
 
+A model fitted on grouped codes carries an ``Expansion`` (see
+``expansion.py``): the tree and its marginals are over the working domain of
+group codes, while ``domain``, ``project``, ``sample`` and the conditions all
+use the full-resolution codes of the schema. The expansion is part of the
+bytes and so of the model id. Format version 2 added it; version 1 files are
+rejected, and a node refits such a model from its stored releases.
+
 NOTE: the fit is bit-reproducible for one numpy build on one CPU type. numpy
 picks SIMD kernels for exp and log by CPU features, and those may differ in
 the last bit, so peers on different hardware can get different model ids.
@@ -31,6 +38,7 @@ import numpy as np
 
 from p2psynth.domain import Domain
 from p2psynth.errors import ModelError, SchemaError
+from p2psynth.model.expansion import Expansion
 from p2psynth.model.inference import calibrate, marginalize
 from p2psynth.model.junction_tree import JunctionTree
 from p2psynth.model.sampling import build_samplers, sample_codes
@@ -42,7 +50,7 @@ if TYPE_CHECKING:
 _CONDITIONED_CACHE_SIZE = 2
 
 FORMAT_NAME = "p2psynth-graphical-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAX_MODEL_BYTES = 1 << 30
 
 # Marginals are probabilities that were normalized in float64, so they sum to 1
@@ -57,7 +65,8 @@ class GraphicalModel:
     is the default size of a synthetic table. ``provenance`` is the caller's map
     (release ids, each member's epsilon, ...) and is serialized with the model.
     ``fit_summary`` describes the fit that produced the model and is None for a
-    model loaded from bytes.
+    model loaded from bytes. With ``expansion``, ``tree`` and ``marginals`` are
+    over ``expansion.working`` and the model's ``domain`` is ``expansion.domain``.
     """
 
     def __init__(
@@ -68,7 +77,16 @@ class GraphicalModel:
         total: float,
         provenance: Mapping[str, object] | None = None,
         fit_summary: "FitSummary | None" = None,
+        expansion: Expansion | None = None,
     ) -> None:
+        if expansion is not None:
+            if not isinstance(expansion, Expansion):
+                raise ModelError(f"expansion is a {type(expansion).__name__}; give a p2psynth.model.Expansion or None")
+            if expansion.working != tree.domain:
+                raise ModelError(
+                    f"expansion's working domain {expansion.working.to_dict()} differs from the model's "
+                    f"domain {tree.domain.to_dict()}; build the expansion from the grouping the model was fitted on"
+                )
         if len(marginals) != len(tree.cliques):
             raise ModelError(f"got {len(marginals)} marginals for {len(tree.cliques)} cliques; give one per clique")
         for clique, values in enumerate(marginals):
@@ -85,15 +103,37 @@ class GraphicalModel:
         self.total = float(total)
         self.provenance = _canonical_provenance(dict(provenance or {}))
         self.fit_summary = fit_summary
+        self.expansion = expansion
         # Built on first use: forward-sampling tables of the unconditioned model.
         self._samplers = None
-        # Sampling tables of the most recently used condition sets, oldest first, so that
-        # callers drawing many chunks under one condition condition the model once.
-        self._conditioned: OrderedDict[tuple, list] = OrderedDict()
+        # Sampling tables and expanders of the most recently used condition sets, oldest
+        # first, so that callers drawing many chunks under one condition condition the model once.
+        self._conditioned: OrderedDict[tuple, tuple] = OrderedDict()
 
     @property
     def domain(self) -> Domain:
+        """The domain of sampled codes: ``expansion.domain`` when expanded, else the tree's."""
+        return self.expansion.domain if self.expansion is not None else self.tree.domain
+
+    @property
+    def working_domain(self) -> Domain:
+        """The domain the tree and its marginals are over (group codes when expanded)."""
         return self.tree.domain
+
+    def with_expansion(self, expansion: Expansion | None) -> "GraphicalModel":
+        """Return a model with the same fit, total and provenance, expanded by ``expansion``.
+
+        ``expansion.working`` must equal this model's working domain, else
+        ModelError. None gives the unexpanded model.
+        """
+        return GraphicalModel(
+            tree=self.tree,
+            marginals=self.marginals,
+            total=self.total,
+            provenance=self.provenance,
+            fit_summary=self.fit_summary,
+            expansion=expansion,
+        )
 
     # --- queries ----------------------------------------------------------------------
 
@@ -102,7 +142,8 @@ class GraphicalModel:
 
         Exact: a query inside one clique sums its marginal, any other query
         eliminates the remaining attributes of the smallest subtree of cliques
-        that covers the query.
+        that covers the query. An expanded model returns full-resolution codes
+        on every axis.
         """
         wanted = self._check_attributes(attributes, what="projection")
         if not wanted:
@@ -110,8 +151,12 @@ class GraphicalModel:
 
         home = self.tree.containing(wanted)
         if home is not None:
-            return marginalize(self.marginals[home], self.tree.cliques[home], wanted)
-        return self._eliminate(wanted)
+            working = marginalize(self.marginals[home], self.tree.cliques[home], wanted)
+        else:
+            working = self._eliminate(wanted)
+        if self.expansion is None:
+            return working
+        return self.expansion.expand_probabilities(working, wanted)
 
     def sample(
         self, rows: int, *, seed: int, conditions: Mapping[str, int | Iterable[int]] | None = None
@@ -122,7 +167,8 @@ class GraphicalModel:
         allowed code or set of codes; every drawn row satisfies all of them.
         Raises ModelError when the conditions name unknown attributes or codes,
         or have probability 0 under the model. The same seed, rows and
-        conditions give the same rows.
+        conditions give the same rows. An expanded model draws group codes
+        through the tree and then a code within each group (see ``condition``).
         """
         if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 0:
             raise ModelError(f"rows is {rows!r}; it must be a non-negative integer")
@@ -130,26 +176,30 @@ class GraphicalModel:
             raise ModelError(f"seed is {seed!r}; it must be a non-negative integer")
 
         if conditions:
-            samplers = self._conditioned_samplers(conditions)
+            samplers, finish = self._conditioned_samplers(conditions)
         else:
             if self._samplers is None:
                 self._samplers = build_samplers(self.tree, self.marginals)
             samplers = self._samplers
+            # An attribute with one code per group draws nothing, so an identity expansion
+            # gives the same rows as no expansion.
+            finish = None if self.expansion is None or self.expansion.is_identity() else self.expansion.expander()
         rng = np.random.default_rng(int(seed))
-        return sample_codes(samplers, len(self.domain), int(rows), rng)
+        return sample_codes(samplers, len(self.domain), int(rows), rng, finish=finish)
 
-    def _conditioned_samplers(self, conditions: Mapping[str, int | Iterable[int]]) -> list:
-        """Return sampling tables of the model conditioned on ``conditions``, cached by condition set."""
+    def _conditioned_samplers(self, conditions: Mapping[str, int | Iterable[int]]) -> tuple:
+        """Return (sampling tables, expander or None) under ``conditions``, cached by condition set."""
         allowed = self._check_conditions(conditions)
         key = tuple((name, tuple(sorted(codes))) for name, codes in allowed.items())
         if key in self._conditioned:
             self._conditioned.move_to_end(key)
             return self._conditioned[key]
         samplers = build_samplers(self.tree, self.condition(conditions))
-        self._conditioned[key] = samplers
+        finish = self.expansion.expander(allowed) if self.expansion is not None else None
+        self._conditioned[key] = (samplers, finish)
         if len(self._conditioned) > _CONDITIONED_CACHE_SIZE:
             self._conditioned.popitem(last=False)
-        return samplers
+        return samplers, finish
 
     def condition(self, conditions: Mapping[str, int | Iterable[int]]) -> list[np.ndarray]:
         """Return the clique marginals of the model conditioned on ``conditions``.
@@ -157,17 +207,30 @@ class GraphicalModel:
         Each condition restricts one attribute to a code or set of codes. Its
         excluded codes get log-potential -inf in the smallest clique that
         contains the attribute, and message passing recalibrates every clique.
+
+        An expanded model takes conditions on full-resolution codes and returns
+        marginals over its *working* domain: the distribution of group codes
+        under the conditions. Each group is weighted by the share of its
+        allowed codes (``Expansion.group_weights``), which makes the result
+        exact, not just restricted to the groups that hold an allowed code.
         """
         allowed = self._check_conditions(conditions)
+        if self.expansion is not None:
+            weights = self.expansion.group_weights(allowed)
+        else:
+            weights = {}
+            for name, codes in allowed.items():
+                weights[name] = np.zeros(self.domain.size(name))
+                weights[name][sorted(codes)] = 1.0
+
         potentials = self._log_conditionals()
-        for name, codes in allowed.items():
-            home = self.tree.containing([name])
-            clique = self.tree.cliques[home]
-            mask = np.full(self.domain.size(name), -np.inf)
-            mask[sorted(codes)] = 0.0
-            shape = [1] * len(clique)
-            shape[clique.index(name)] = mask.size
-            potentials[home] = potentials[home] + mask.reshape(shape)
+        with np.errstate(divide="ignore"):
+            for name, weight in weights.items():
+                home = self.tree.containing([name])
+                clique = self.tree.cliques[home]
+                shape = [1] * len(clique)
+                shape[clique.index(name)] = weight.size
+                potentials[home] = potentials[home] + np.log(weight).reshape(shape)
         try:
             return calibrate(self.tree, potentials)
         except ModelError:
@@ -184,6 +247,7 @@ class GraphicalModel:
         document = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
+            # The full domain; the tree's domain follows from it and the expansion's groups.
             "domain": [[name, int(size)] for name, size in zip(self.domain.attributes, self.domain.sizes)],
             "cliques": [list(c) for c in self.tree.cliques],
             "parents": list(self.tree.parents),
@@ -191,6 +255,7 @@ class GraphicalModel:
             "total": self.total,
             "marginals": [m.astype("<f8").tobytes() for m in self.marginals],
             "provenance": self.provenance,
+            "expansion": self.expansion.to_document() if self.expansion is not None else None,
         }
         return msgpack.packb(document, use_bin_type=True)
 
@@ -209,7 +274,15 @@ class GraphicalModel:
         except (ValueError, msgpack.exceptions.ExtraData, msgpack.exceptions.UnpackException) as exc:
             raise ModelError(f"model bytes are not valid msgpack ({exc}); the file is truncated or not a model") from exc
 
-        expected = ["format", "version", "domain", "cliques", "parents", "order", "total", "marginals", "provenance"]
+        if isinstance(document, dict) and document.get("format") == FORMAT_NAME and document.get("version") == 1:
+            raise ModelError(
+                f"model file has format version 1, written before models carried their code expansion; "
+                f"this build reads version {FORMAT_VERSION}, so refit the model from the releases "
+                "(a node does so by itself on its next assembly)"
+            )
+        expected = [
+            "format", "version", "domain", "cliques", "parents", "order", "total", "marginals", "provenance", "expansion"
+        ]
         if not isinstance(document, dict) or list(document) != expected:
             keys = list(document) if isinstance(document, dict) else type(document).__name__
             raise ModelError(f"model document has keys {keys}; expected {expected}")
@@ -220,8 +293,11 @@ class GraphicalModel:
             )
         try:
             domain = Domain(tuple(n for n, _ in document["domain"]), tuple(int(s) for _, s in document["domain"]))
+            expansion = None
+            if document["expansion"] is not None:
+                expansion = Expansion.from_document(document["expansion"], domain)
             tree = JunctionTree(
-                domain=domain,
+                domain=expansion.working if expansion is not None else domain,
                 cliques=tuple(tuple(c) for c in document["cliques"]),
                 parents=tuple(int(p) for p in document["parents"]),
                 order=tuple(int(o) for o in document["order"]),
@@ -249,7 +325,7 @@ class GraphicalModel:
         total = document["total"]
         if not isinstance(total, float):
             raise ModelError(f"model total is {total!r}; expected a float")
-        return cls(tree=tree, marginals=marginals, total=total, provenance=document["provenance"])
+        return cls(tree=tree, marginals=marginals, total=total, provenance=document["provenance"], expansion=expansion)
 
     # --- helpers ----------------------------------------------------------------------
 

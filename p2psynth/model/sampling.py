@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -73,7 +74,7 @@ def build_samplers(tree: JunctionTree, marginals: list[np.ndarray]) -> list[_Cli
         width = math.prod(new_shape)
 
         table = np.transpose(marginals[clique], old_axes + new_axes).reshape(math.prod(separator_shape), width)
-        cumulative, guide = _lookup_tables(table)
+        cumulative, guide = lookup_tables(table)
         samplers.append(
             _CliqueSampler(
                 separator_columns=tuple(column[attributes[i]] for i in old_axes),
@@ -88,8 +89,12 @@ def build_samplers(tree: JunctionTree, marginals: list[np.ndarray]) -> list[_Cli
     return samplers
 
 
-def _lookup_tables(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return the flattened cumulative and guide tables of the conditional rows of ``table``."""
+def lookup_tables(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the flattened cumulative and guide tables of the conditional rows of ``table``.
+
+    ``table`` has one row of non-negative weights per configuration; rows need
+    not sum to 1. ``draw_cells`` reads the two tables.
+    """
     configurations, width = table.shape
     table = np.clip(table, 0.0, None)
     mass = table.sum(axis=1, keepdims=True)
@@ -114,9 +119,19 @@ def _lookup_tables(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def sample_codes(
-    samplers: list[_CliqueSampler], attribute_count: int, rows: int, rng: np.random.Generator
+    samplers: list[_CliqueSampler],
+    attribute_count: int,
+    rows: int,
+    rng: np.random.Generator,
+    *,
+    finish: Callable[[np.ndarray, np.random.Generator], None] | None = None,
 ) -> np.ndarray:
-    """Draw ``rows`` rows of codes, shape (rows, attribute_count), in chunks of SAMPLE_CHUNK_ROWS."""
+    """Draw ``rows`` rows of codes, shape (rows, attribute_count), in chunks of SAMPLE_CHUNK_ROWS.
+
+    ``finish``, when given, rewrites each chunk in place after the forward pass
+    (attribute-major, one contiguous row of codes per attribute) and may draw
+    from ``rng``. The model uses it to expand group codes to codes.
+    """
     codes = np.empty((rows, attribute_count), dtype=np.int64)
     # Columns are drawn into an attribute-major buffer, where each column is contiguous.
     columns = np.empty((attribute_count, min(rows, SAMPLE_CHUNK_ROWS)), dtype=np.int64)
@@ -124,6 +139,8 @@ def sample_codes(
         stop = min(start + SAMPLE_CHUNK_ROWS, rows)
         chunk = columns[:, : stop - start]
         _sample_chunk(samplers, chunk, rng)
+        if finish is not None:
+            finish(chunk, rng)
         codes[start:stop] = chunk.T
     return codes
 
@@ -139,18 +156,28 @@ def _sample_chunk(samplers: list[_CliqueSampler], columns: np.ndarray, rng: np.r
         else:
             configuration = np.zeros(count, dtype=np.int64)
 
-        uniform = rng.random(count)
-        base = configuration * sampler.width
-        cell = sampler.guide[base + np.minimum((uniform * sampler.width).astype(np.int64), sampler.width - 1)]
-
-        # Step forward while the cell's cumulative probability is at most u; at most width steps.
-        pending = np.flatnonzero(sampler.cumulative[base + cell] <= uniform)
-        while pending.size:
-            cell[pending] += 1
-            pending = pending[sampler.cumulative[base[pending] + cell[pending]] <= uniform[pending]]
-
+        cell = draw_cells(sampler.cumulative, sampler.guide, sampler.width, configuration, rng.random(count))
         if len(sampler.new_columns) == 1:
             columns[sampler.new_columns[0]] = cell
         elif sampler.new_columns:
             for column, values in zip(sampler.new_columns, np.unravel_index(cell, sampler.new_shape)):
                 columns[column] = values
+
+
+def draw_cells(
+    cumulative: np.ndarray, guide: np.ndarray, width: int, configuration: np.ndarray, uniform: np.ndarray
+) -> np.ndarray:
+    """Return the cell in 0..width-1 that each uniform selects in its configuration's row of the tables.
+
+    ``cumulative`` and ``guide`` come from ``lookup_tables``. A cell of
+    probability 0 is never returned.
+    """
+    base = configuration * width
+    cell = guide[base + np.minimum((uniform * width).astype(np.int64), width - 1)]
+
+    # Step forward while the cell's cumulative probability is at most u; at most width steps.
+    pending = np.flatnonzero(cumulative[base + cell] <= uniform)
+    while pending.size:
+        cell[pending] += 1
+        pending = pending[cumulative[base[pending] + cell[pending]] <= uniform[pending]]
+    return cell
