@@ -17,7 +17,7 @@ A model fitted on grouped codes carries an ``Expansion`` (see
 ``expansion.py``): the tree and its marginals are over the working domain of
 group codes, while ``domain``, ``project``, ``sample`` and the conditions all
 use the full-resolution codes of the schema. The expansion is part of the
-bytes and so of the model id. Format version 2 added it; version 1 files are
+bytes and so of the model id. Format version 2 added it. Version 1 files are
 rejected, and a node refits such a model from its stored releases.
 
 NOTE: the fit is bit-reproducible for one numpy build on one CPU type. numpy
@@ -212,7 +212,7 @@ class GraphicalModel:
         marginals over its *working* domain: the distribution of group codes
         under the conditions. Each group is weighted by the share of its
         allowed codes (``Expansion.group_weights``), which makes the result
-        exact, not just restricted to the groups that hold an allowed code.
+        exact, not just restricted to the groups that contain an allowed code.
         """
         allowed = self._check_conditions(conditions)
         if self.expansion is not None:
