@@ -74,6 +74,10 @@ from p2psynth.errors import ConfigError, ModelError, PrivacyError
 
 logger = logging.getLogger(__name__)
 
+# Round 2 measures every pair coarsely only to choose round 3's tree: models
+# are never fitted on it (all pairs would make one clique of every attribute).
+SELECTION_ROUND = 2
+
 
 @dataclass(frozen=True)
 class StrategyConfig:
@@ -127,6 +131,30 @@ class Grouping:
     @property
     def working(self) -> Domain:
         return Domain(self.domain.attributes, tuple(int(m.max()) + 1 for m in self.maps))
+
+    @classmethod
+    def from_starts(cls, domain: Domain, starts: Mapping[str, Sequence[int]]) -> "Grouping":
+        """Build a grouping from group start codes per attribute (others stay at full resolution)."""
+        maps = []
+        for attribute, size in zip(domain.attributes, domain.sizes):
+            first_codes = np.asarray(starts.get(attribute, range(size)), dtype=np.int64)
+            mapping = np.searchsorted(first_codes, np.arange(size), side="right") - 1
+            maps.append(mapping.astype(np.int64))
+        return cls(domain, tuple(maps))
+
+    def starts(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        """Return the release encoding: (attribute, group start codes) for every grouped attribute.
+
+        Attributes whose groups each hold one code are left out, and the
+        entries are sorted by attribute name, as the release format requires.
+        """
+        entries = []
+        for attribute, mapping in zip(self.domain.attributes, self.maps):
+            if int(mapping.max()) + 1 == mapping.size:
+                continue
+            first = np.flatnonzero(np.diff(mapping)) + 1
+            entries.append((attribute, (0,) + tuple(int(code) for code in first)))
+        return tuple(sorted(entries))
 
     def group_codes(self, codes: np.ndarray) -> np.ndarray:
         """Map a (rows, attributes) code table to group codes."""
