@@ -27,7 +27,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from p2psynth.errors import BudgetExceededError, LedgerError, ModelError, P2PSynthError
+from p2psynth.errors import BudgetExceededError, LedgerError, ModelError, P2PSynthError, RoundInProgressError
 from p2psynth.synthesize import MAX_ROWS, conditions_from_values, encode_chunks, parse_where, sample_chunks
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def create_app(daemon) -> FastAPI:
         """Return the current model's id, provenance and estimated row count."""
         return _json_safe(daemon.model_view())
 
-    @app.post("/v1/publish", dependencies=[Depends(authorize)], responses={409: {"description": "budget exhausted"}})
+    @app.post("/v1/publish", dependencies=[Depends(authorize)], responses={409: {"description": "budget exhausted, or this node's measurement rounds still running"}})
     async def publish(request: PublishRequest | None = None) -> Any:
         """Measure the private table, debit the ledger and announce a release."""
         epsilon = request.epsilon if request is not None else None
@@ -201,7 +201,7 @@ def _stream_sample(daemon, *, rows: int, seed: int | None, fmt: str, conditions)
 
 
 def _status_code(exc: P2PSynthError) -> int:
-    if isinstance(exc, BudgetExceededError):
+    if isinstance(exc, (BudgetExceededError, RoundInProgressError)):
         return 409
     if isinstance(exc, LedgerError):
         return 503

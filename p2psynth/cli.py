@@ -348,6 +348,14 @@ def _run_status(args: argparse.Namespace) -> int:
     print(f"  rejections:  {json.dumps(rejections) if rejections else 'none'}")
     print(f"  model:       {model.get('model_id') or 'none'}"
           + (f" ({model.get('error')})" if model.get("error") else ""))
+    rounds = status.get("rounds") or {}
+    if rounds.get("epoch") is not None:
+        line = f"epoch {rounds['epoch']}, round {rounds.get('round')} {rounds.get('state')}"
+        if rounds.get("waiting_for"):
+            line += f", waiting for {', '.join(rounds['waiting_for'])}"
+        if rounds.get("error"):
+            line += f" ({rounds['error']})"
+        print(f"  rounds:      {line}")
     return 0
 
 
@@ -357,6 +365,10 @@ def _run_publish(args: argparse.Namespace) -> int:
     with Client.from_node_config(args.config) as client:
         result = client.publish(epsilon=args.epsilon)
     print(f"published release {result['release_id']} (sequence {result['sequence']}, {result['size_bytes']} bytes)")
+    if result.get("rounds_to_follow"):
+        print(f"this is round 1 of epoch {result['epoch']}; the daemon publishes rounds "
+              f"{' and '.join(str(r) for r in result['rounds_to_follow'])} once the other members' releases arrive "
+              "(see 'p2psynth status')")
     return 0
 
 

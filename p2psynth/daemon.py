@@ -125,6 +125,24 @@ class NodeDaemon:
         self._publish_lock = trio.Lock()
         self.started_at_ms = time.time_ns() // 1_000_000
         self.publishes = 0
+        self.rounds = None
+        if config.publish.strategy == "rounds":
+            from p2psynth.roundrunner import RoundRunner
+            from p2psynth.strategy import StrategyConfig
+
+            for attribute in config.publish.focus_attributes:
+                if attribute not in self.schema.domain:
+                    raise ConfigError(
+                        f"{config.path}: publish.focus_attributes names {attribute!r}, which is not a column "
+                        f"of the schema; use some of {list(self.schema.domain.attributes)}"
+                    )
+            self.rounds = RoundRunner(
+                daemon=self,
+                config=StrategyConfig(focus_attributes=config.publish.focus_attributes),
+                round_wait_s=config.publish.round_wait_s,
+                on_published=self._announce,
+            )
+        self._nursery: trio.Nursery | None = None
 
     # Life cycle ------------------------------------------------------------
 
@@ -142,6 +160,9 @@ class NodeDaemon:
 
                 await nursery.start(run_network)
                 await nursery.start(self.models.run)
+                self._nursery = nursery
+                if self.rounds is not None:
+                    self.rounds.resume(nursery)
                 nursery.start_soon(self._write_status_periodically)
                 if self.config.publish.interval_hours > 0 or self.config.publish.on_data_change:
                     nursery.start_soon(self._publish_when_due)
@@ -178,6 +199,8 @@ class NodeDaemon:
         outcome = self.validator.accept(data, from_peer=from_peer)
         if outcome.accepted:
             self.models.notify()
+            if self.rounds is not None:
+                self.rounds.release_arrived()
             return ReleaseVerdict.ACCEPTED
         if outcome.reason == "replay":
             return ReleaseVerdict.DUPLICATE
@@ -217,9 +240,32 @@ class NodeDaemon:
     # Publishing --------------------------------------------------------------
 
     async def publish(self, *, epsilon: float | None = None) -> dict:
-        """Measure the private table, debit the ledger, store and announce a release."""
+        """Measure the private table, debit the ledger, store and announce a release.
+
+        With the "rounds" strategy this publishes round 1 of a new epoch; the
+        daemon publishes rounds 2 and 3 by itself once the other members'
+        releases arrive (or the round's wait ends).
+        """
         async with self._publish_lock:
-            published = await trio.to_thread.run_sync(self._publish_in_thread, epsilon)
+            if self.rounds is not None and self._nursery is not None:
+                published = await self.rounds.start_epoch(self._nursery, epsilon=epsilon)
+            else:
+                published = await trio.to_thread.run_sync(self._publish_in_thread, epsilon)
+                self._announce(published)
+        release = published.release
+        return {
+            "release_id": release_id(published.data).hex(),
+            "sequence": release.sequence,
+            "epoch": release.epoch,
+            "round": release.round,
+            "rounds_to_follow": [r for r in (2, 3) if release.round == 1 and r > release.round],
+            "rho": release.rho,
+            "size_bytes": len(published.data),
+            "file": str(published.path),
+        }
+
+    def _announce(self, published) -> None:
+        """Gossip a stored own release and refit: called on the event loop after each publish."""
         rid = release_id(published.data)
         self.network.announce_release(
             release_id=rid, sequence=published.release.sequence, size_bytes=len(published.data)
@@ -227,15 +273,8 @@ class NodeDaemon:
         self.publishes += 1
         self.models.notify()
         self._write_status()
-        log.info("announced release %s (sequence %d)", rid.hex()[:16], published.release.sequence)
-        return {
-            "release_id": rid.hex(),
-            "sequence": published.release.sequence,
-            "epoch": published.release.epoch,
-            "rho": published.release.rho,
-            "size_bytes": len(published.data),
-            "file": str(published.path),
-        }
+        log.info("announced release %s (sequence %d, round %d)", rid.hex()[:16], published.release.sequence,
+                 published.release.round)
 
     async def _publish_when_due(self) -> None:
         """Publish on the node.toml schedule or data-file change until the budget runs out."""
@@ -352,6 +391,10 @@ class NodeDaemon:
             "budget": self.budget_view(),
             "api": {"host": self.config.api.host, "port": getattr(self, "api_port", None)},
             "blocked_peers": sorted(self.members.name_of(key) for key in self.blocked),
+            "rounds": {
+                "strategy": self.config.publish.strategy,
+                **(self.rounds.state.view() if self.rounds is not None else {}),
+            },
         }
 
     def _write_status(self, *, running: bool = True) -> None:

@@ -251,8 +251,9 @@ def run_demo(
     try:
         phases["start"] = _start_nodes(network, timeout_s=start_timeout_s, report=report_progress)
         phases["publish"] = _publish_everywhere(network, timeout_s=publish_timeout_s, report=report_progress)
+        # Each node publishes round 1 when asked and rounds 2 and 3 by itself.
         phases["converge"], model_id = _wait_converged(
-            network, timeout_s=converge_timeout_s, report=report_progress
+            network, releases=3 * len(local_nodes), timeout_s=converge_timeout_s, report=report_progress
         )
         phases["sample"], provenance = _sample(
             network, synthetic_path, rows=rows, seed=seed, report=report_progress
@@ -447,11 +448,15 @@ def _publish_everywhere(network, *, timeout_s: float, report: Callable[[str], No
     return time.monotonic() - started
 
 
-def _wait_converged(network, *, timeout_s: float, report: Callable[[str], None]) -> tuple[float, str]:
-    """Wait until all nodes hold every release and one model fitted from all; return seconds and model id."""
+def _wait_converged(
+    network, *, releases: int, timeout_s: float, report: Callable[[str], None]
+) -> tuple[float, str]:
+    """Wait until all nodes hold all ``releases`` and one model fitted from all; return seconds and model id."""
     started = time.monotonic()
-    count = len(network.nodes)
-    report("converging: releases spread by gossip and sync, every node fits the global model")
+    nodes = len(network.nodes)
+    count = releases
+    report("converging: the nodes measure rounds 2 and 3, releases spread by gossip and sync, "
+           "every node fits the global model")
     progress = _StateReporter(report)
 
     def converged() -> bool:
@@ -461,14 +466,14 @@ def _wait_converged(network, *, timeout_s: float, report: Callable[[str], None])
         fitted = [m.get("model_id") for m in complete if len(m.get("releases") or ()) == count]
         progress.update(
             (holding, len(fitted), len(set(fitted))),
-            f"  {holding}/{count} nodes hold all {count} releases; "
-            f"{len(fitted)}/{count} fitted a model from all of them",
+            f"  {holding}/{nodes} nodes hold all {count} releases; "
+            f"{len(fitted)}/{nodes} fitted a model from all of them",
         )
-        return holding == count and len(fitted) == count and len(set(fitted)) == 1
+        return holding == nodes and len(fitted) == nodes and len(set(fitted)) == 1
 
     network.wait_until(converged, timeout_s=timeout_s, what="the nodes to converge on one model", poll_s=0.25)
     model_id = network.model_ids(network.nodes)[0]
-    report(f"  converged: model {model_id[:16]} on all {count} nodes")
+    report(f"  converged: model {model_id[:16]} on all {nodes} nodes")
     return time.monotonic() - started, model_id
 
 

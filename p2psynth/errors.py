@@ -67,3 +67,7 @@ class NetworkError(P2PSynthError):
 
 class ModelError(P2PSynthError):
     """A global model cannot be assembled, loaded or sampled."""
+
+
+class RoundInProgressError(P2PSynthError):
+    """A publish was asked for while this node's measurement rounds of an epoch are still running."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from p2psynth.errors import P2PSynthError
+from p2psynth.errors import ConfigError, P2PSynthError
 from p2psynth.identity import load_private_key, public_key_bytes
 from p2psynth.nodeconfig import load_node_config
 from p2psynth.nodefolder import init_node, render_members_file
@@ -90,8 +90,14 @@ def create_local_network(
     release_epsilon: float = 1.0,
     delta: float = 1e-9,
     extra_members: Sequence[tuple[str, bytes]] = (),
+    strategy: str = "rounds",
+    round_wait_s: float | None = None,
 ) -> list[LocalNode]:
-    """Initialize one node folder per data file under ``root``, all members of one network."""
+    """Initialize one node folder per data file under ``root``, all members of one network.
+
+    ``strategy`` and ``round_wait_s`` go to each node's [publish] section
+    (``round_wait_s`` None keeps the default).
+    """
     root = Path(root)
     count = len(data_paths)
     names = list(names) if names else [f"node-{i + 1}" for i in range(count)]
@@ -109,7 +115,10 @@ def create_local_network(
             release_epsilon=release_epsilon,
             delta=delta,
             api_port=0,
+            strategy=strategy,
         )
+        if round_wait_s is not None:
+            _set_round_wait(config.path, round_wait_s)
         public = public_key_bytes(load_private_key(config.key_file))
         nodes.append(LocalNode(name, config.folder, public, _peer_id(public), port))
 
@@ -125,6 +134,13 @@ def _peer_id(public_key: bytes) -> str:
     from p2psynth.network import peer_id_from_public_key
 
     return str(peer_id_from_public_key(public_key))
+
+
+def _set_round_wait(config_path: Path, seconds: float) -> None:
+    text = config_path.read_text(encoding="utf-8")
+    config_path.write_text(text.replace("round_wait_s = 300 ", f"round_wait_s = {float(seconds)!r} "), encoding="utf-8")
+    if load_node_config(config_path).publish.round_wait_s != float(seconds):
+        raise ConfigError(f"{config_path}: could not set publish.round_wait_s; the file's layout changed")
 
 
 def _set_network_addresses(node: LocalNode, *, listen: str, bootstrap: Sequence[str]) -> None:

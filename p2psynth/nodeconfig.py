@@ -67,6 +67,12 @@ class PublishConfig:
 
     interval_hours: float = 0.0  # 0: only on request (p2psynth publish, POST /v1/publish)
     on_data_change: bool = False  # publish when the data file's size or modification time changes
+    # "rounds": the network's three-round strategy (docs/strategy.md); "mst": each node
+    # selects its own MST pairs in one release. Every member must use the same strategy,
+    # and for "rounds" the same focus_attributes.
+    strategy: str = "rounds"
+    round_wait_s: float = 300.0  # how long a round waits for the other members' previous round
+    focus_attributes: tuple[str, ...] = ()  # paired with every other attribute in round 3
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,13 +95,15 @@ class NodeConfig:
         return self.path.parent
 
 
+STRATEGIES = ("rounds", "mst")
+
 _SECTIONS: dict[str, set[str]] = {
     "node": {"name", "key_file", "store_file", "releases_dir"},
     "data": {"path", "schema", "header", "skip_rows", "delimiter"},
     "privacy": {"lifetime_epsilon", "delta", "release_epsilon"},
     "network": {"network_id", "members_file", "listen", "bootstrap"},
     "api": {"listen", "token_file"},
-    "publish": {"interval_hours", "on_data_change"},
+    "publish": {"interval_hours", "on_data_change", "strategy", "round_wait_s", "focus_attributes"},
 }
 
 
@@ -125,6 +133,18 @@ def load_node_config(path: Path) -> NodeConfig:
     on_data_change = publish.get("on_data_change", False)
     if not isinstance(on_data_change, bool):
         raise ConfigError(f"{path}: publish.on_data_change = {on_data_change!r}; use true or false")
+    strategy = publish.get("strategy", "rounds")
+    if strategy not in STRATEGIES:
+        raise ConfigError(
+            f"{path}: publish.strategy = {strategy!r}; use one of {', '.join(repr(s) for s in STRATEGIES)} "
+            "(the same on every member)"
+        )
+    round_wait_s = publish.get("round_wait_s", 300.0)
+    if isinstance(round_wait_s, bool) or not isinstance(round_wait_s, (int, float)) or not 0 < round_wait_s < math.inf:
+        raise ConfigError(
+            f"{path}: publish.round_wait_s = {round_wait_s!r}; use a positive number of seconds, such as 300"
+        )
+    focus_attributes = reader.string_list(publish, "publish", "focus_attributes", default=[])
 
     lifetime_epsilon = reader.positive_float(privacy, "privacy", "lifetime_epsilon")
     release_epsilon = reader.positive_float(privacy, "privacy", "release_epsilon")
@@ -166,7 +186,13 @@ def load_node_config(path: Path) -> NodeConfig:
             listen=tuple(reader.string_list(network, "network", "listen", default=["/ip4/127.0.0.1/tcp/0"])),
             bootstrap=tuple(reader.string_list(network, "network", "bootstrap", default=[])),
         ),
-        publish=PublishConfig(interval_hours=float(interval_hours), on_data_change=on_data_change),
+        publish=PublishConfig(
+            interval_hours=float(interval_hours),
+            on_data_change=on_data_change,
+            strategy=strategy,
+            round_wait_s=float(round_wait_s),
+            focus_attributes=tuple(focus_attributes),
+        ),
         api=ApiConfig(
             host=api_host,
             port=api_port,
@@ -185,6 +211,7 @@ def render_node_config(
     release_epsilon: float,
     delta: float,
     api_port: int = DEFAULT_API_PORT,
+    strategy: str = "rounds",
 ) -> str:
     """Return the text of a commented node.toml for 'p2psynth init'."""
     return f"""\
@@ -221,6 +248,9 @@ token_file = "api.token"         # bearer token, mode 0600
 [publish]
 interval_hours = 0               # 0: publish only on request; else every N hours (each release spends budget)
 on_data_change = false           # publish when the data file changes
+strategy = {_toml_string(strategy)}             # "rounds" (three network-wide rounds) or "mst"; the same on every member
+round_wait_s = 300               # a round waits this long for the other members' previous round
+focus_attributes = []            # e.g. ["income"]: paired with every attribute in round 3; the same on every member
 """
 
 

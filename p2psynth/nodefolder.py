@@ -21,6 +21,7 @@ import secrets
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -28,11 +29,14 @@ from p2psynth.accounting import rho_from_epsilon
 from p2psynth.errors import ConfigError, PrivacyError
 from p2psynth.identity import create_private_key, load_private_key, public_key_bytes
 from p2psynth.ledger import BudgetLedger
-from p2psynth.measurement import MeasurementResult, measure_mst
+from p2psynth.measurement import MeasurementResult, measure_marginals, measure_mst
 from p2psynth.noise import SecureRandom
 from p2psynth.nodeconfig import NodeConfig, load_node_config, render_node_config
 from p2psynth.release import Release, release_id
 from p2psynth.store import Store
+
+if TYPE_CHECKING:
+    from p2psynth.strategy import RoundPlan
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +84,7 @@ def init_node(
     release_epsilon: float = 1.0,
     delta: float = 1e-9,
     api_port: int = 8470,
+    strategy: str = "rounds",
 ) -> NodeConfig:
     """Create a node folder with a new key, an empty store and a node.toml."""
     folder = Path(folder)
@@ -112,6 +117,7 @@ def init_node(
             release_epsilon=release_epsilon,
             delta=delta,
             api_port=api_port,
+            strategy=strategy,
         ),
         encoding="utf-8",
     )
@@ -154,15 +160,70 @@ def measure_and_publish(
     The budget is checked before the data is read, and again inside the
     ledger transaction that stores the release.
     """
-    # Deferred imports: the schema and encoding modules pull in pandas.
-    from p2psynth.encoding import encode_file
-    from p2psynth.schema import load_schema
-
     config = node.config
     epsilon = config.privacy.release_epsilon if epsilon is None else float(epsilon)
     rho = rho_from_epsilon(epsilon, config.privacy.delta)
     node.ledger.check_affordable(rho)
 
+    schema, encoded = _read_table(node, data_path)
+    result: MeasurementResult = measure_mst(
+        encoded.codes, schema.domain, rho=rho, random=random if random is not None else SecureRandom()
+    )
+    data, release = node.ledger.publish(
+        schema_fingerprint=schema.fingerprint,
+        measurements=list(result.measurements),
+        rho=result.rho,
+        epoch=node.store.max_own_epoch() + 1,
+    )
+    return _write_release(node, data, release, out_path, encoded, result.selected_pairs)
+
+
+def measure_round_and_publish(
+    node: OpenNode,
+    plan: "RoundPlan",
+    *,
+    epoch: int,
+    basis: tuple[bytes, ...] = (),
+    reserve_rho: float | None = None,
+    data_path: Path | None = None,
+    random: SecureRandom | None = None,
+) -> PublishedRelease:
+    """Measure one round of the network strategy on the node's table and publish it.
+
+    The marginals of ``plan`` are measured on its grouping (grouped codes,
+    one cell per group) with the plan's rho. ``reserve_rho``, given for round
+    1, is the whole epoch's rho: the rounds start only if all of them fit in
+    the budget.
+    """
+    node.ledger.check_affordable(plan.rho if reserve_rho is None else reserve_rho)
+    schema, encoded = _read_table(node, data_path)
+
+    codes, domain, grouping = encoded.codes, schema.domain, ()
+    if plan.grouping is not None:
+        codes, domain, grouping = plan.grouping.group_codes(codes), plan.grouping.working, plan.grouping.starts()
+    measurements = measure_marginals(
+        codes, domain, plan.attribute_sets, rho=plan.rho, random=random if random is not None else SecureRandom()
+    )
+    data, release = node.ledger.publish(
+        schema_fingerprint=schema.fingerprint,
+        measurements=measurements,
+        rho=plan.rho,
+        epoch=epoch,
+        basis=tuple(basis),
+        round=plan.round,
+        grouping=grouping,
+    )
+    pairs = tuple(s for s in plan.attribute_sets if len(s) == 2)
+    return _write_release(node, data, release, None, encoded, pairs)
+
+
+def _read_table(node: OpenNode, data_path: Path | None):
+    """Return (schema, encoded table) of the node's data file; raise when it has no rows."""
+    # Deferred imports: the schema and encoding modules pull in pandas.
+    from p2psynth.encoding import encode_file
+    from p2psynth.schema import load_schema
+
+    config = node.config
     data_path = Path(data_path) if data_path is not None else config.data.path
     if data_path is None:
         raise ConfigError(f"{config.path}: data.path is not set; set it or pass --data FILE")
@@ -178,21 +239,14 @@ def measure_and_publish(
     )
     if len(encoded.codes) == 0:
         raise PrivacyError(f"{data_path} has no rows to measure")
+    return schema, encoded
 
-    result: MeasurementResult = measure_mst(
-        encoded.codes, schema.domain, rho=rho, random=random if random is not None else SecureRandom()
-    )
-    data, release = node.ledger.publish(
-        schema_fingerprint=schema.fingerprint,
-        measurements=list(result.measurements),
-        rho=result.rho,
-        epoch=node.store.max_own_epoch() + 1,
-    )
 
+def _write_release(node: OpenNode, data: bytes, release: Release, out_path, encoded, pairs) -> PublishedRelease:
     # The release is committed to the ledger: only now may its bytes leave memory.
-    path = Path(out_path) if out_path is not None else default_release_path(config, data, release)
+    path = Path(out_path) if out_path is not None else default_release_path(node.config, data, release)
     write_file_atomically(path, data)
-    return PublishedRelease(data, release, path, encoded.report.summary(), result.selected_pairs)
+    return PublishedRelease(data, release, path, encoded.report.summary(), tuple(pairs))
 
 
 def default_release_path(config: NodeConfig, data: bytes, release: Release) -> Path:

@@ -97,6 +97,8 @@ def build_nodes(
         lifetime_epsilon=scenario.nodes.lifetime_epsilon,
         release_epsilon=max(scenario.nodes.release_epsilons),
         delta=scenario.nodes.delta,
+        strategy=scenario.nodes.strategy,
+        round_wait_s=scenario.nodes.round_wait_s,
     )
     max_rows = None
     if scenario.nodes.max_rows == "declared":

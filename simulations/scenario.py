@@ -107,6 +107,9 @@ class NodesSpec:
     start_timeout_s: float
     # How partition events cut links: "block" (each node's API) or "namespaces" (a relay; root).
     partition: str = "block"
+    # The nodes' publish strategy ("rounds" or "mst") and how long a round waits for the others.
+    strategy: str = "rounds"
+    round_wait_s: float = 30.0
 
     @property
     def names(self) -> list[str]:
@@ -311,7 +314,8 @@ def _existing(reader: "_Reader", path: Path, what: str) -> Path:
 def _load_nodes(reader: "_Reader", table: dict) -> NodesSpec:
     where = "[nodes]"
     reader.keys(table, where, {"count", "release_epsilon", "lifetime_epsilon", "delta", "max_rows",
-                               "max_rows_margin", "anti_entropy_s", "start_timeout_s", "partition"})
+                               "max_rows_margin", "anti_entropy_s", "start_timeout_s", "partition",
+                               "strategy", "round_wait_s"})
     count = reader.integer(table, "count", where, minimum=1, maximum=MAX_NODES)
     raw_epsilon = table.get("release_epsilon", 1.0)
     if isinstance(raw_epsilon, list):
@@ -350,8 +354,16 @@ def _load_nodes(reader: "_Reader", table: dict) -> NodesSpec:
             f"{reader.path}: [nodes] partition = {partition!r}; use \"block\" (nodes block each other through "
             "their API) or \"namespaces\" (a relay between network namespaces; needs root)"
         )
+    strategy = reader.string(table, "strategy", where, default="rounds")
+    if strategy not in ("rounds", "mst"):
+        raise ScenarioError(
+            f"{reader.path}: [nodes] strategy = {strategy!r}; use \"rounds\" (three network-wide rounds per "
+            "publish) or \"mst\" (one release per publish)"
+        )
     return NodesSpec(
         partition=partition,
+        strategy=strategy,
+        round_wait_s=reader.positive_number(table.get("round_wait_s", 30.0), f"{where} round_wait_s"),
         count=count,
         release_epsilons=epsilons,
         lifetime_epsilon=lifetime,

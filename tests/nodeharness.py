@@ -45,8 +45,13 @@ def make_node(
     schema_path: Path,
     lifetime_epsilon: float = 4.0,
     release_epsilon: float = 1.0,
+    strategy: str = "mst",
 ) -> NodeConfig:
-    """Create a node folder whose API listens on an ephemeral port of 127.0.0.1."""
+    """Create a node folder whose API listens on an ephemeral port of 127.0.0.1.
+
+    The default strategy is "mst" (one release per publish), which the API
+    tests count on; tests of the measurement rounds pass "rounds".
+    """
     return init_node(
         folder,
         name=folder.name,
@@ -56,6 +61,7 @@ def make_node(
         lifetime_epsilon=lifetime_epsilon,
         release_epsilon=release_epsilon,
         api_port=0,
+        strategy=strategy,
     )
 
 

@@ -99,7 +99,7 @@ def network(tmp_path_factory, adult_data_path, adult_schema_path):
         paths.append(path)
     nodes = create_local_network(
         root / "nodes", data_paths=paths, schema_path=adult_schema_path,
-        extra_members=[("mallory", _public(MALLORY))],
+        extra_members=[("mallory", _public(MALLORY))], strategy="mst",
     )
     with LocalNetwork(nodes) as net:
         net.start_all()

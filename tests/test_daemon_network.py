@@ -33,7 +33,7 @@ def network(tmp_path_factory, adult_data_path, adult_schema_path):
         path = root / f"part-{index + 1}.csv"
         path.write_text("".join(lines[index * ROWS_PER_NODE : (index + 1) * ROWS_PER_NODE]), encoding="utf-8")
         paths.append(path)
-    nodes = create_local_network(root / "nodes", data_paths=paths, schema_path=adult_schema_path)
+    nodes = create_local_network(root / "nodes", data_paths=paths, schema_path=adult_schema_path, strategy="mst")
     with LocalNetwork(nodes, anti_entropy_s=(1.0, 2.0)) as net:
         yield net
 

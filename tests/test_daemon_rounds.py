@@ -1,0 +1,145 @@
+"""The daemon's measurement rounds: waiting, deadlines, resuming, adoption across real node processes."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+
+from p2psynth.client import Client
+from p2psynth.identity import load_private_key, public_key_bytes
+from p2psynth.localnet import LocalNetwork, create_local_network
+from p2psynth.nodefolder import render_members_file
+from p2psynth.release import decode_release
+from p2psynth.store import Store
+
+from nodeharness import DaemonHarness, api_client, make_node, wait_for, write_small_adult
+from releasefactory import fixed_key
+
+pytestmark = pytest.mark.slow
+
+TIMEOUT_S = 240.0
+ROWS_PER_NODE = 3000
+
+
+def _set_round_wait(config_path: Path, seconds: float) -> None:
+    text = config_path.read_text(encoding="utf-8")
+    lines = [f"round_wait_s = {seconds!r}" if line.startswith("round_wait_s") else line for line in text.splitlines()]
+    config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _own_releases(store_path: Path) -> list:
+    with Store.open(store_path) as store:
+        return [decode_release(stored.data) for stored in store.own_releases()]
+
+
+def test_rounds_wait_for_members_refuse_a_second_epoch_and_resume(tmp_path, adult_data_path, adult_schema_path):
+    data = write_small_adult(tmp_path / "adult-small.csv", adult_data_path, rows=2000)
+    config = make_node(tmp_path / "alone", data_path=data, schema_path=adult_schema_path, strategy="rounds")
+    own = public_key_bytes(load_private_key(config.key_file))
+    absent = fixed_key(77).public_key().public_bytes_raw()
+    (config.folder / "members.toml").write_text(render_members_file([("alone", own), ("absent", absent)]))
+    _set_round_wait(config.path, 600.0)
+
+    harness = DaemonHarness([config.path])
+    (daemon,) = harness.start()
+    try:
+        with api_client(daemon) as client:
+            first = client.post("/v1/publish", json={})
+            assert first.status_code == 200, first.text
+            assert first.json()["round"] == 1 and first.json()["rounds_to_follow"] == [2, 3]
+            rounds = wait_for(
+                lambda: (r := client.get("/v1/status").json()["rounds"])["state"] == "waiting" and r,
+                timeout_s=30, what="round 2 to wait for the absent member",
+            )
+            assert rounds["round"] == 2 and rounds["waiting_for"] == ["absent"]
+
+            again = client.post("/v1/publish", json={})
+            assert again.status_code == 409
+            assert "still in round 2" in again.json()["detail"]
+            budget = client.get("/v1/budget").json()
+            assert budget["releases"] == 1
+    finally:
+        harness.stop()
+
+    # Restarted with a short wait, the node resumes epoch 1 and finishes it alone.
+    _set_round_wait(config.path, 1.0)
+    harness = DaemonHarness([config.path])
+    (daemon,) = harness.start()
+    try:
+        with api_client(daemon) as client:
+            wait_for(lambda: client.get("/v1/status").json()["rounds"]["state"] == "done"
+                     and client.get("/v1/status").json()["rounds"]["round"] == 3,
+                     timeout_s=60, what="the resumed epoch to finish")
+            status = client.get("/v1/status").json()
+            assert status["rounds"]["basis"] == {"2": "deadline", "3": "deadline"}
+            budget = client.get("/v1/budget").json()
+            assert budget["releases"] == 3
+            assert budget["epsilon_spent"] == pytest.approx(config.privacy.release_epsilon, rel=1e-9)
+    finally:
+        harness.stop()
+
+    releases = _own_releases(config.store_file)
+    assert [r.round for r in releases] == [1, 2, 3]
+    assert {r.epoch for r in releases} == {1}
+    from p2psynth.release import release_id
+
+    with Store.open(config.store_file) as store:
+        ids = [release_id(s.data) for s in store.own_releases()]
+    assert releases[1].basis == (ids[0],)
+    assert set(releases[2].basis) == {ids[0], ids[1]}
+    assert releases[2].grouping  # round 3 measures wide attributes in groups
+
+
+@pytest.fixture(scope="module")
+def three_node_files(tmp_path_factory, adult_data_path):
+    root = tmp_path_factory.mktemp("rounds")
+    with gzip.open(adult_data_path, "rt", encoding="utf-8") as source:
+        lines = [line for line in source if line.strip()]
+    paths = []
+    for index in range(3):
+        path = root / f"part-{index + 1}.csv"
+        path.write_text("".join(lines[index * ROWS_PER_NODE : (index + 1) * ROWS_PER_NODE]), encoding="utf-8")
+        paths.append(path)
+    return root, paths
+
+
+def test_late_member_adopts_the_plan_and_all_converge(three_node_files, adult_schema_path):
+    root, paths = three_node_files
+    nodes = create_local_network(
+        root / "nodes", data_paths=paths, schema_path=adult_schema_path, round_wait_s=3.0
+    )
+    with LocalNetwork(nodes, anti_entropy_s=(1.0, 2.0)) as net:
+        net.start_all()
+        net.wait_started(timeout_s=TIMEOUT_S)
+        early, late = nodes[:2], nodes[2]
+        for node in early:
+            with Client.from_node_config(node.config_path) as client:
+                assert client.publish()["round"] == 1
+
+        def early_done() -> bool:
+            states = [(n.status() or {}).get("rounds") or {} for n in early]
+            return all(s.get("round") == 3 and s.get("state") == "done" for s in states)
+
+        net.wait_until(early_done, timeout_s=TIMEOUT_S, what="the two early nodes to finish round 3")
+
+        with Client.from_node_config(late.config_path) as client:
+            client.publish()
+        net.wait_until(lambda: net.converged(releases=9), timeout_s=TIMEOUT_S,
+                       what="three nodes to hold 9 releases and one model")
+
+        statuses = [n.status() for n in nodes]
+        assert statuses[2]["rounds"]["basis"] == {"2": "adopted", "3": "adopted"}
+        for status in statuses[:2]:
+            assert set(status["rounds"]["basis"].values()) <= {"deadline", "adopted", "complete"}
+        provenance = statuses[0]["model"]["provenance"]
+        assert provenance["working_grouping"]
+        assert len(provenance["selection_only"]) == 3
+        assert provenance["left_out"] == {}
+        assert len({s["model"]["model_id"] for s in statuses}) == 1
+
+    third_rounds = [_own_releases(n.folder / "store.sqlite")[2] for n in nodes]
+    assert len({r.basis for r in third_rounds}) == 1
+    assert len({r.grouping for r in third_rounds}) == 1
+    assert len({tuple(m.attributes for m in r.measurements) for r in third_rounds}) == 1
