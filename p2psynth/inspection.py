@@ -51,6 +51,8 @@ class ReleaseSummary:
             "rho": r.rho,
             "epsilon_at_delta_1e-9": epsilon_from_rho(r.rho, SUMMARY_DELTA),
             "basis": [b.hex() for b in r.basis],
+            "round": r.round,
+            "grouping": {name: list(starts) for name, starts in r.grouping},
             "measurements": [
                 {
                     "attributes": list(m.attributes),
@@ -74,6 +76,8 @@ class ReleaseSummary:
             f"  sequence:    {facts['sequence']}, epoch {facts['epoch']}, created {facts['created_at']}",
             f"  privacy:     rho {facts['rho']:.6g} = epsilon {facts['epsilon_at_delta_1e-9']:.4g} at delta 1e-9",
             f"  basis:       {len(facts['basis'])} earlier release(s)",
+            f"  round:       {facts['round'] or 'none (a release outside the round strategy)'}",
+            f"  grouping:    {_grouping_text(facts['grouping'])}",
             f"  measurements ({len(facts['measurements'])}):",
         ]
         for m in facts["measurements"]:
@@ -122,3 +126,9 @@ def _iso_time(milliseconds: int) -> str:
         return dt.datetime.fromtimestamp(milliseconds / 1000, tz=dt.timezone.utc).isoformat(timespec="seconds")
     except (OverflowError, OSError, ValueError):
         return f"{milliseconds} ms since the epoch (out of the calendar's range)"
+
+
+def _grouping_text(grouping: dict[str, list[int]]) -> str:
+    if not grouping:
+        return "none (every attribute at full resolution)"
+    return "; ".join(f"{name} in {len(starts)} groups" for name, starts in grouping.items())
