@@ -269,6 +269,19 @@ class Store:
         ).fetchall()
         return [bytes(row[0]) for row in rows]
 
+    def release_index(self, author: bytes, *, after: int, limit: int) -> list[tuple[int, bytes]]:
+        """Return up to ``limit`` (sequence, release id) pairs of ``author`` above ``after``, ascending.
+
+        The sync protocol compares these lists between peers to find releases
+        missing in the middle of an author's history. The release bytes are not read.
+        """
+        rows = self._connection.execute(
+            "SELECT sequence, release_id FROM releases WHERE author = ? AND sequence > ?"
+            " ORDER BY sequence, release_id LIMIT ?",
+            (author, after, int(limit)),
+        ).fetchall()
+        return [(int(sequence), bytes(rid)) for sequence, rid in rows]
+
     def own_releases(self) -> list[StoredRelease]:
         rows = self._connection.execute(
             "SELECT release_id, author, sequence, epoch, own, data FROM releases"

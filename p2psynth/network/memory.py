@@ -40,6 +40,8 @@ class MemoryReleases:
         self.by_id: dict[bytes, bytes] = {}
         # author -> sequence -> release bytes; the first body stored for a sequence wins.
         self._by_author: dict[bytes, dict[int, bytes]] = {}
+        # author -> sequence -> release id, the same entries as _by_author.
+        self._ids_by_author: dict[bytes, dict[int, bytes]] = {}
         # Set and replaced on every accepted release, so waiters can sleep until a change.
         self._changed = trio.Event()
 
@@ -59,6 +61,11 @@ class MemoryReleases:
     def get_release(self, release_id: bytes) -> bytes | None:
         return self.by_id.get(release_id)
 
+    def release_index(self, author: bytes, *, after: int, limit: int) -> list[tuple[int, bytes]]:
+        """Return up to ``limit`` (sequence, release id) pairs of ``author`` above ``after``, ascending."""
+        ids = self._ids_by_author.get(author, {})
+        return [(s, ids[s]) for s in sorted(s for s in ids if s > after)[:limit]]
+
     def accept(self, data: bytes, *, from_peer: str = "") -> ReleaseVerdict:
         """Store release bytes if ``describe`` accepts them; usable as ``accept_release``."""
         release_id = content_id(data)
@@ -73,6 +80,7 @@ class MemoryReleases:
         if sequence in by_sequence:
             return ReleaseVerdict.REJECTED  # a second body for one sequence: equivocation
         by_sequence[sequence] = data
+        self._ids_by_author.setdefault(author, {})[sequence] = release_id
         self.by_id[release_id] = data
         self._changed.set()
         self._changed = trio.Event()

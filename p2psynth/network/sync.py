@@ -1,4 +1,4 @@
-"""The sync protocol ``/p2psynth/sync/1.0.0``: pull releases from one peer.
+"""The sync protocol ``/p2psynth/sync/1.1.0`` (and 1.0.0): pull releases from one peer.
 
 Gossip is lossy: py-libp2p 0.8.1 drops messages past a 32-slot queue per peer
 and past 10 messages per second per peer and topic, and a node that was down
@@ -9,6 +9,22 @@ sends its latest sequence per author (HAVE), the responder returns its own
 map, and the initiator pulls what it lacks in batches (GET_AFTER). A GET by
 release id serves the pull that follows a gossip announcement. The frame and
 message formats are in ``wire``.
+
+Version 1.1 also repairs gaps inside an author's history: an author may
+publish several releases per epoch, and a node that missed sequence 5 but
+got 6 would never ask for 5 by "latest sequence" alone. The SUMMARY response
+carries, per author, the latest sequence plus the count and a digest of the
+held (sequence, release id) pairs. Where the digests differ after the
+GET_AFTER pulls, the initiator pages through the peer's INDEX of that author
+and GETs the ids it neither holds nor rejected. Sets are compared by digest
+and not by exchanging full lists every round, because in the usual case the
+digests match and a round costs one small request. Rejected ids are
+remembered (bounded) so a body the node rejected is not pulled again, and a
+(peer, author) pair whose lists were compared without result is skipped until
+either digest changes, so a peer holding a release we reject does not cost an
+INDEX request every round. Both versions share one handler. An initiator
+offers 1.1 first and falls back to 1.0 with a 1.0 peer. A node whose
+``ReleaseSource`` has no ``release_index`` method speaks 1.0 only.
 
 One stream carries a session of several requests, which saves a
 multistream-select round trip per request. Every limit is in ``SyncLimits``:
@@ -29,7 +45,7 @@ import enum
 import hashlib
 import inspect
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -44,20 +60,29 @@ from p2psynth.errors import NetworkError
 from p2psynth.network.host import public_key_from_peer_id
 from p2psynth.network.stats import NetworkStatistics
 from p2psynth.network.wire import (
+    AuthorSummary,
     EndOfStream,
     GetAfterRequest,
     GetRequest,
     HaveRequest,
+    IndexRequest,
+    IndexResponse,
     ReleasesResponse,
     Request,
+    SummaryRequest,
     SyncProtocolError,
     decode_have_response,
+    decode_index_response,
     decode_releases_response,
     decode_request,
+    decode_summary_response,
     encode_error_response,
     encode_have_response,
+    encode_index_response,
     encode_releases_response,
     encode_request,
+    encode_summary_response,
+    index_digest,
     read_frame,
     write_frame,
 )
@@ -65,6 +90,7 @@ from p2psynth.network.wire import (
 logger = logging.getLogger(__name__)
 
 SYNC_PROTOCOL_ID = TProtocol("/p2psynth/sync/1.0.0")
+SYNC_PROTOCOL_ID_V1_1 = TProtocol("/p2psynth/sync/1.1.0")
 
 MiB = 1024 * 1024
 
@@ -77,6 +103,14 @@ class ReleaseSource(Protocol):
     def releases_after(self, author: bytes, sequence: int, *, limit: int) -> list[bytes]: ...
 
     def get_release(self, release_id: bytes) -> bytes | None: ...
+
+
+class ReleaseIndex(Protocol):
+    """The optional method of a ``ReleaseSource`` that turns on gap repair (protocol 1.1)."""
+
+    def release_index(self, author: bytes, *, after: int, limit: int) -> list[tuple[int, bytes]]:
+        """Return up to ``limit`` (sequence, release id) pairs of ``author`` above ``after``, ascending."""
+        ...
 
 
 class ReleaseVerdict(str, enum.Enum):
@@ -113,6 +147,14 @@ class SyncLimits:
     max_requests_per_session: int = 64
     max_inbound_streams: int = 32
     max_inbound_streams_per_peer: int = 4
+    # Protocol 1.1: entries per INDEX response, and the entries per author that
+    # the digest covers and one session pages through.
+    max_index_entries: int = 512
+    max_index_entries_per_author: int = 4096
+    # Release ids whose body the node rejected, and (peer, author) pairs
+    # compared without result, remembered in memory (oldest forgotten first).
+    max_remembered_rejections: int = 4096
+    max_settled_pairs: int = 4096
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -194,10 +236,27 @@ class SyncProtocol:
         # Open inbound streams, in total and per peer id string; bounded by the limits.
         self._inbound_streams = 0
         self._inbound_by_peer: Counter[str] = Counter()
+        # The source's release_index method. Without it the node speaks protocol 1.0 only.
+        self._release_index: Callable[..., list[tuple[int, bytes]]] | None = getattr(
+            releases, "release_index", None
+        )
+        # Ids of bodies the node rejected, which are not pulled again while remembered.
+        self._rejected_ids: OrderedDict[bytes, None] = OrderedDict()
+        # (peer, author) -> (peer digest, our digest) of an index comparison
+        # that left nothing to pull; skipped while both digests stay the same.
+        self._settled: OrderedDict[tuple[str, bytes], tuple[bytes, bytes]] = OrderedDict()
+
+    @property
+    def protocols(self) -> tuple[TProtocol, ...]:
+        """The protocol ids this node serves and offers, preferred first."""
+        if self._release_index is None:
+            return (SYNC_PROTOCOL_ID,)
+        return (SYNC_PROTOCOL_ID_V1_1, SYNC_PROTOCOL_ID)
 
     def install(self) -> None:
-        """Register the stream handler on the host."""
-        self._host.set_stream_handler(SYNC_PROTOCOL_ID, self.handle_stream)
+        """Register the stream handler on the host, for every protocol version spoken."""
+        for protocol_id in self.protocols:
+            self._host.set_stream_handler(protocol_id, self.handle_stream)
 
     # Responder ---------------------------------------------------------------
 
@@ -305,7 +364,34 @@ class SyncProtocol:
             batch = self._fill_batch(bodies)
             more = len(batch) < len(bodies) or len(considered) < len(request.release_ids)
             return encode_releases_response(batch, more=more)
+
+        if isinstance(request, SummaryRequest):
+            latest = self._releases.latest_sequences()
+            if self._on_peer_ahead is not None and plan_pulls(latest, request.latest, is_member=self._is_member):
+                self._on_peer_ahead(peer_id)
+            authors = sorted(latest)[: self.limits.max_authors]
+            return encode_summary_response({author: self.summarize(author, latest[author]) for author in authors})
+
+        if isinstance(request, IndexRequest):
+            limit = min(request.limit, self.limits.max_index_entries)
+            entries = self.local_index(request.author, after=request.after, limit=limit + 1)
+            return encode_index_response(entries[:limit], more=len(entries) > limit)
         raise TypeError(f"unhandled sync request {request!r}")
+
+    def local_index(self, author: bytes, *, after: int = 0, limit: int) -> list[tuple[int, bytes]]:
+        """Return the node's (sequence, release id) pairs of ``author`` above ``after``; empty without an index."""
+        if self._release_index is None:
+            return []
+        return list(self._release_index(author, after=after, limit=limit))
+
+    def summarize(self, author: bytes, latest: int) -> AuthorSummary:
+        """Return the SUMMARY entry of ``author``: ``latest`` and the count and digest of held releases.
+
+        NOTE: the count and digest cover the first ``max_index_entries_per_author``
+        releases only; an author with more never has its later gaps repaired.
+        """
+        entries = self.local_index(author, limit=self.limits.max_index_entries_per_author)
+        return AuthorSummary(latest=latest, count=len(entries), digest=index_digest(entries))
 
     def _fill_batch(self, bodies: list[bytes]) -> list[bytes]:
         batch: list[bytes] = []
@@ -333,11 +419,21 @@ class SyncProtocol:
         with trio.move_on_after(self.limits.session_timeout_s) as deadline:
             async with self._session(peer_id) as session:
                 local = self._releases.latest_sequences()
-                remote = await session.have(local)
+                summaries: dict[bytes, AuthorSummary] = {}
+                if session.protocol == SYNC_PROTOCOL_ID_V1_1:
+                    summaries = await session.summary(local)
+                    remote = {author: summary.latest for author, summary in summaries.items() if summary.latest > 0}
+                else:
+                    remote = await session.have(local)
                 result.requests += 1
+
+                budget_left = True
                 for plan in plan_pulls(local, remote, is_member=self._is_member):
                     if not await self._pull_author(session, plan, result):
+                        budget_left = False
                         break
+                if budget_left and summaries:
+                    await self._repair_gaps(session, summaries, result)
         if deadline.cancelled_caught:
             self._statistics.count_error(str(peer_id), "outbound:session_timeout")
         return result
@@ -364,6 +460,51 @@ class SyncProtocol:
             after = stored
         return True
 
+    async def _repair_gaps(self, session: "_Session", summaries: dict[bytes, AuthorSummary], result: PullResult) -> None:
+        """Pull the releases a peer holds that are missing inside our copy of each author's history.
+
+        Runs after the GET_AFTER pulls, so only authors whose digests still
+        differ cost requests. Stops when the session's request budget is spent.
+        """
+        for author in sorted(summaries):
+            summary = summaries[author]
+            if summary.count == 0 or (self._is_member is not None and not self._is_member(author)):
+                continue
+            local_digest = self.summarize(author, 0).digest
+            if local_digest == summary.digest:
+                continue
+            key = (session.peer, author)
+            if self._settled.get(key) == (summary.digest, local_digest):
+                continue
+            if not await self._repair_author(session, author, result):
+                return
+            self._remember(self._settled, key, (summary.digest, self.summarize(author, 0).digest), self.limits.max_settled_pairs)
+
+    async def _repair_author(self, session: "_Session", author: bytes, result: PullResult) -> bool:
+        """Page through the peer's index of ``author`` and GET what we lack; return False once the budget is spent."""
+        stored_ids = {
+            release_id for _, release_id in self.local_index(author, limit=self.limits.max_index_entries_per_author)
+        }
+        requested: set[bytes] = set()
+        after = 0
+        while len(requested) < self.limits.max_index_entries_per_author:
+            if result.requests >= self.limits.max_requests_per_session:
+                return False
+            page = await session.index(author, after, self.limits.max_index_entries)
+            result.requests += 1
+            missing = [
+                release_id
+                for _, release_id in page.entries
+                if release_id not in stored_ids and release_id not in requested and release_id not in self._rejected_ids
+            ]
+            requested.update(missing)
+            if missing and not await self._get_ids(session, missing, result):
+                return False
+            if not page.more or not page.entries:
+                return True
+            after = page.entries[-1][0]  # entries ascend above ``after``, so paging ends
+        return True
+
     async def fetch(self, peer_id: ID, release_ids: Iterable[bytes]) -> PullResult:
         """Ask ``peer_id`` for releases by id and hand each body returned to the node.
 
@@ -371,37 +512,54 @@ class SyncProtocol:
         among the ids asked for are dropped and counted. Raises
         SyncProtocolError (already counted) when the session fails.
         """
-        pending = list(dict.fromkeys(release_ids))
         result = PullResult()
         with trio.move_on_after(self.limits.session_timeout_s) as deadline:
             async with self._session(peer_id) as session:
-                while pending and result.requests < self.limits.max_requests_per_session:
-                    chunk = pending[: self.limits.max_get_ids]
-                    response = await session.get(chunk)
-                    result.requests += 1
-                    received = set()
-                    for data in response.releases:
-                        release_id = content_id(data)
-                        if release_id not in chunk:
-                            self._statistics.count_error(session.peer, "outbound:unexpected_release")
-                            continue
-                        received.add(release_id)
-                        await self._deliver(data, session.peer, result)
-
-                    # "more" means a batch limit cut the response short: ask again for the rest.
-                    if response.more and received:
-                        pending = [release_id for release_id in pending if release_id not in received]
-                    else:
-                        pending = pending[len(chunk) :]
+                await self._get_ids(session, list(dict.fromkeys(release_ids)), result)
         if deadline.cancelled_caught:
             self._statistics.count_error(str(peer_id), "outbound:session_timeout")
         return result
 
-    async def _deliver(self, data: bytes, peer: str, result: PullResult) -> None:
+    async def _get_ids(self, session: "_Session", pending: list[bytes], result: PullResult) -> bool:
+        """GET ``pending`` ids in chunks and deliver the bodies; return False once the budget is spent."""
+        while pending:
+            if result.requests >= self.limits.max_requests_per_session:
+                return False
+            chunk = pending[: self.limits.max_get_ids]
+            response = await session.get(chunk)
+            result.requests += 1
+            received = set()
+            for data in response.releases:
+                release_id = content_id(data)
+                if release_id not in chunk:
+                    self._statistics.count_error(session.peer, "outbound:unexpected_release")
+                    continue
+                received.add(release_id)
+                await self._deliver(data, session.peer, result, release_id)
+
+            # "more" means a batch limit cut the response short: ask again for the rest.
+            if response.more and received:
+                pending = [release_id for release_id in pending if release_id not in received]
+            else:
+                pending = pending[len(chunk) :]
+        return True
+
+    async def _deliver(self, data: bytes, peer: str, result: PullResult, release_id: bytes | None = None) -> None:
+        release_id = release_id or content_id(data)
         verdict = await self.accept(data, from_peer=peer)
         result.verdicts[verdict.value] += 1
-        if verdict is not ReleaseVerdict.REJECTED:
-            result.received_ids.add(content_id(data))
+        if verdict is ReleaseVerdict.REJECTED:
+            # The id is the hash of these bytes, so every peer would send the same rejected body.
+            self._remember(self._rejected_ids, release_id, None, self.limits.max_remembered_rejections)
+        else:
+            result.received_ids.add(release_id)
+
+    @staticmethod
+    def _remember(table: OrderedDict, key: object, value: object, capacity: int) -> None:
+        table[key] = value
+        table.move_to_end(key)
+        while len(table) > capacity:
+            table.popitem(last=False)
 
     async def accept(self, data: bytes, *, from_peer: str) -> ReleaseVerdict:
         """Hand a body to the node's callback; a failing callback counts as a rejection."""
@@ -417,24 +575,35 @@ class SyncProtocol:
         return verdict
 
     def _session(self, peer_id: ID) -> "_Session":
-        return _Session(self._host, peer_id, self.limits, self._statistics)
+        return _Session(self._host, peer_id, self.limits, self._statistics, self.protocols)
 
 
 class _Session:
     """One outbound stream with a sequence of requests; counts failures by reason."""
 
-    def __init__(self, host: IHost, peer_id: ID, limits: SyncLimits, statistics: NetworkStatistics) -> None:
+    def __init__(
+        self,
+        host: IHost,
+        peer_id: ID,
+        limits: SyncLimits,
+        statistics: NetworkStatistics,
+        protocols: tuple[TProtocol, ...] = (SYNC_PROTOCOL_ID,),
+    ) -> None:
         self._host = host
         self.peer_id = peer_id
         self.peer = str(peer_id)
         self._limits = limits
         self._statistics = statistics
+        self._protocols = protocols
         self._stream: INetStream | None = None
+        # The protocol id the peer accepted, once the stream is open.
+        self.protocol: TProtocol | None = None
 
     async def __aenter__(self) -> "_Session":
         try:
             with trio.fail_after(self._limits.request_timeout_s):
-                self._stream = await self._host.new_stream(self.peer_id, [SYNC_PROTOCOL_ID])
+                self._stream = await self._host.new_stream(self.peer_id, list(self._protocols))
+                self.protocol = self._stream.get_protocol()
         except trio.TooSlowError:
             raise self._failure("open_timeout", "opening a sync stream timed out") from None
         except Exception as exc:  # swarm, muxer and negotiation errors share no base class
@@ -463,6 +632,14 @@ class _Session:
         return decode_releases_response(
             body, max_releases=self._limits.max_batch_releases, max_release_bytes=self._limits.max_release_bytes
         )
+
+    async def summary(self, latest: dict[bytes, int]) -> dict[bytes, AuthorSummary]:
+        body = await self._exchange(SummaryRequest(latest))
+        return decode_summary_response(body, max_authors=self._limits.max_authors)
+
+    async def index(self, author: bytes, after: int, limit: int) -> IndexResponse:
+        body = await self._exchange(IndexRequest(author, after, limit))
+        return decode_index_response(body, after=after, max_entries=limit)
 
     async def get(self, release_ids: list[bytes]) -> ReleasesResponse:
         body = await self._exchange(GetRequest(tuple(release_ids)))

@@ -8,7 +8,7 @@ requests. py-libp2p's own RequestResponse helper was not used: in 0.8.1 it
 failed above about 6.8 MB on Yamux whatever its size option was set to,
 while a length-prefixed loop on a raw stream moved 64 MB.
 
-Requests (initiator to responder) and their responses::
+Requests (initiator to responder) and their responses, version 1.0::
 
     {"t": "have", "latest": {author(bin 32): sequence}}
         -> {"t": "have", "latest": {author: sequence}}
@@ -19,6 +19,18 @@ Requests (initiator to responder) and their responses::
     any request that is rejected
         -> {"t": "error", "reason": str}
 
+Version 1.1 adds two requests, so that a node can find releases missing in
+the middle of an author's history and not only above its latest sequence::
+
+    {"t": "summary", "latest": {author: sequence}}
+        -> {"t": "summary", "authors": {author: [latest, count, digest(bin 16)]}}
+    {"t": "index", "author": bin(32), "after": int, "limit": int}
+        -> {"t": "index", "entries": [[sequence, release id(bin 32)], ...], "more": bool}
+
+``count`` and ``digest`` describe the releases the responder holds of that
+author (``index_digest``); two nodes holding the same releases of an author
+send the same digest. An index response lists held releases with a sequence
+above ``after`` in (sequence, release id) order, at most ``limit`` of them.
 Sequences start at 1, so ``after`` 0 requests an author's releases from the first.
 Every error here is a ``SyncProtocolError`` whose ``reason`` is a short
 stable token used as a statistics key.
@@ -26,7 +38,9 @@ stable token used as a statistics key.
 
 from __future__ import annotations
 
+import hashlib
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -39,6 +53,7 @@ from p2psynth.errors import NetworkError
 FRAME_HEADER = struct.Struct(">I")
 MAX_SEQUENCE = (1 << 63) - 1
 KEY_BYTES = 32
+DIGEST_BYTES = 16
 # Read size per call; Yamux hands out at most what it has buffered anyway.
 READ_CHUNK_BYTES = 256 * 1024
 
@@ -81,7 +96,53 @@ class GetRequest:
     release_ids: tuple[bytes, ...]
 
 
-Request = Union[HaveRequest, GetAfterRequest, GetRequest]
+@dataclass(frozen=True)
+class SummaryRequest:
+    """Our latest sequence per author; the responder returns an ``AuthorSummary`` per author it holds."""
+
+    latest: dict[bytes, int]
+
+
+@dataclass(frozen=True)
+class IndexRequest:
+    """Up to ``limit`` (sequence, release id) pairs of ``author`` with a sequence above ``after``."""
+
+    author: bytes
+    after: int
+    limit: int
+
+
+Request = Union[HaveRequest, GetAfterRequest, GetRequest, SummaryRequest, IndexRequest]
+
+
+@dataclass(frozen=True)
+class AuthorSummary:
+    """A node's releases of one author: latest sequence (0 if none), release count and ``index_digest``."""
+
+    latest: int
+    count: int
+    digest: bytes
+
+
+@dataclass(frozen=True)
+class IndexResponse:
+    """(sequence, release id) pairs in ascending order; ``more`` when the responder stopped at the limit."""
+
+    entries: tuple[tuple[int, bytes], ...]
+    more: bool
+
+
+def index_digest(entries: Iterable[tuple[int, bytes]]) -> bytes:
+    """Return the digest of an author's held releases: SHA-256, cut to 16 bytes.
+
+    The input is every (sequence, release id) pair in ascending order, each
+    hashed as an 8-byte big-endian sequence followed by the 32-byte id.
+    """
+    hasher = hashlib.sha256()
+    for sequence, release_id in entries:
+        hasher.update(sequence.to_bytes(8, "big"))
+        hasher.update(release_id)
+    return hasher.digest()[:DIGEST_BYTES]
 
 
 @dataclass(frozen=True)
@@ -144,6 +205,10 @@ def encode_request(request: Request) -> bytes:
         return _pack({"t": "get_after", "author": request.author, "after": request.after, "limit": request.limit})
     if isinstance(request, GetRequest):
         return _pack({"t": "get", "ids": list(request.release_ids)})
+    if isinstance(request, SummaryRequest):
+        return _pack({"t": "summary", "latest": dict(request.latest)})
+    if isinstance(request, IndexRequest):
+        return _pack({"t": "index", "author": request.author, "after": request.after, "limit": request.limit})
     raise TypeError(f"not a sync request: {request!r}")
 
 
@@ -167,6 +232,16 @@ def decode_request(body: bytes, *, max_ids: int, max_authors: int) -> Request:
         if not isinstance(ids, list) or not 1 <= len(ids) <= max_ids:
             raise SyncProtocolError("bad_request", f"get request must list 1 to {max_ids} release ids")
         return GetRequest(tuple(_expect_key_bytes("release id", item) for item in ids))
+    if kind == "summary":
+        _expect_keys(message, {"t", "latest"})
+        return SummaryRequest(_decode_latest(message["latest"], max_authors=max_authors, reason="bad_request"))
+    if kind == "index":
+        _expect_keys(message, {"t", "author", "after", "limit"})
+        return IndexRequest(
+            author=_expect_key_bytes("author", message["author"]),
+            after=_expect_int("after", message["after"], minimum=0, maximum=MAX_SEQUENCE),
+            limit=_expect_int("limit", message["limit"], minimum=1, maximum=MAX_SEQUENCE),
+        )
     raise SyncProtocolError("unknown_type", f"unknown sync request type {kind!r:.40}")
 
 
@@ -176,6 +251,15 @@ def encode_have_response(latest: dict[bytes, int]) -> bytes:
 
 def encode_releases_response(releases: list[bytes], *, more: bool) -> bytes:
     return _pack({"t": "releases", "releases": list(releases), "more": bool(more)})
+
+
+def encode_summary_response(summaries: dict[bytes, AuthorSummary]) -> bytes:
+    authors = {author: [summary.latest, summary.count, summary.digest] for author, summary in summaries.items()}
+    return _pack({"t": "summary", "authors": authors})
+
+
+def encode_index_response(entries: list[tuple[int, bytes]], *, more: bool) -> bytes:
+    return _pack({"t": "index", "entries": [[sequence, release_id] for sequence, release_id in entries], "more": bool(more)})
 
 
 def encode_error_response(reason: str) -> bytes:
@@ -202,6 +286,62 @@ def decode_releases_response(body: bytes, *, max_releases: int, max_release_byte
     if not isinstance(more, bool):
         raise SyncProtocolError("bad_response", "response field 'more' must be a boolean")
     return ReleasesResponse(tuple(releases), more)
+
+
+def decode_summary_response(body: bytes, *, max_authors: int) -> dict[bytes, AuthorSummary]:
+    message = _decode_response(body, "summary", max_items=max(max_authors, 3))
+    _expect_keys(message, {"t", "authors"}, reason="bad_response")
+    authors = message["authors"]
+    if not isinstance(authors, dict) or len(authors) > max_authors:
+        raise SyncProtocolError("bad_response", f"'authors' must map at most {max_authors} authors to summaries")
+    summaries = {}
+    try:
+        for author, value in authors.items():
+            if not isinstance(value, list) or len(value) != 3:
+                raise SyncProtocolError("bad_response", f"an author summary must be [latest, count, digest], got {value!r:.80}")
+            latest, count, digest = value
+            if not isinstance(digest, bytes) or len(digest) != DIGEST_BYTES:
+                raise SyncProtocolError("bad_response", f"a digest must be {DIGEST_BYTES} bytes, got {digest!r:.80}")
+            summaries[_expect_key_bytes("author", author)] = AuthorSummary(
+                latest=_expect_int("latest", latest, minimum=0, maximum=MAX_SEQUENCE),
+                count=_expect_int("count", count, minimum=0, maximum=MAX_SEQUENCE),
+                digest=digest,
+            )
+    except SyncProtocolError as exc:
+        raise SyncProtocolError("bad_response", str(exc)) from None
+    return summaries
+
+
+def decode_index_response(body: bytes, *, after: int, max_entries: int) -> IndexResponse:
+    """Parse an index response to a request with ``after``.
+
+    Entries must ascend and lie above ``after``. Those checks guarantee that paging with the last sequence as the next
+    ``after`` makes progress whatever a peer sends.
+    """
+    message = _decode_response(body, "index", max_items=max(max_entries, 2))
+    _expect_keys(message, {"t", "entries", "more"}, reason="bad_response")
+    raw_entries, more = message["entries"], message["more"]
+    if not isinstance(raw_entries, list) or len(raw_entries) > max_entries:
+        raise SyncProtocolError("bad_response", f"an index response must list at most {max_entries} entries")
+    if not isinstance(more, bool):
+        raise SyncProtocolError("bad_response", "response field 'more' must be a boolean")
+    entries: list[tuple[int, bytes]] = []
+    previous = (after, b"")
+    try:
+        for item in raw_entries:
+            if not isinstance(item, list) or len(item) != 2:
+                raise SyncProtocolError("bad_response", f"an index entry must be [sequence, release id], got {item!r:.80}")
+            entry = (
+                _expect_int("sequence", item[0], minimum=after + 1, maximum=MAX_SEQUENCE),
+                _expect_key_bytes("release id", item[1]),
+            )
+            if entry <= previous:
+                raise SyncProtocolError("bad_response", "index entries must be in ascending (sequence, release id) order")
+            entries.append(entry)
+            previous = entry
+    except SyncProtocolError as exc:
+        raise SyncProtocolError("bad_response", str(exc)) from None
+    return IndexResponse(tuple(entries), more)
 
 
 def _decode_response(body: bytes, expected: str, *, max_items: int) -> dict[str, Any]:
