@@ -9,8 +9,9 @@ run, a randomly chosen node stores a new signed release of about
 has accepted the body. Reported per N and size, over ``--runs`` runs:
 
 - the median (p50), 95th percentile and maximum of that time;
-- sync bytes sent per host per run: release bodies and sync requests, not
-  gossip traffic;
+- sync bytes sent per host per run (release bodies and sync requests), and
+  gossip bytes sent per host per run (announcements and Gossipsub control
+  RPCs), both without Noise and Yamux framing;
 - the share of bodies that arrived by the pull that an announcement
   triggers (the rest came by anti-entropy);
 - the RSS of the process.
@@ -30,6 +31,7 @@ Run: /work/venv/bin/python benchmarks/bench_gossip.py --nodes 10 25 50 --runs 5
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import logging
 import os
@@ -101,6 +103,12 @@ def choose_bootstrap(index: int, *, topology: str, degree: int, rng: random.Rand
     return rng.sample(earlier, min(degree, len(earlier)))
 
 
+def sent_bytes(bench_nodes: list[BenchNode]) -> tuple[int, int]:
+    """Return the sync and the gossip bytes sent by all hosts so far."""
+    totals = [node.service.statistics()["total"] for node in bench_nodes]
+    return sum(t["bytes_sent"] for t in totals), sum(t["gossip_bytes_sent"] for t in totals)
+
+
 def current_rss_mib() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -109,7 +117,15 @@ def current_rss_mib() -> float:
 
 
 async def run_case(
-    *, nodes: int, size_kb: int, runs: int, topology: str, degree: int, seed: int, anti_entropy_s: tuple[float, float]
+    *,
+    nodes: int,
+    size_kb: int,
+    runs: int,
+    topology: str,
+    degree: int,
+    seed: int,
+    anti_entropy_s: tuple[float, float],
+    profile_path: str | None = None,
 ) -> dict:
     rng = random.Random(seed)
     data_rng = np.random.default_rng(seed)
@@ -142,7 +158,9 @@ async def run_case(
 
         durations_s: list[float] = []
         bytes_per_host: list[float] = []
+        gossip_bytes_per_host: list[float] = []
         cpu_s = wall_s = 0.0
+        profiler = cProfile.Profile() if profile_path else None
         for _ in range(runs):
             # Let the previous run's traffic settle and the publisher's rate limit
             # (one announcement per publish_interval_s) expire, so runs are independent.
@@ -151,9 +169,11 @@ async def run_case(
             publisher.sequence += 1
             data = make_release_bytes(publisher.key, sequence=publisher.sequence, size_kb=size_kb, rng=data_rng)
             rid = release_id(data)
-            sent_before = sum(n.service.statistics()["total"]["bytes_sent"] for n in bench_nodes)
+            sent_before = sent_bytes(bench_nodes)
 
             publisher.releases.accept(data)
+            if profiler is not None:
+                profiler.enable()
             cpu_started_s, wall_started_s = time.process_time(), time.perf_counter()
             started = trio.current_time()
             publisher.service.announce_release(release_id=rid, sequence=publisher.sequence, size_bytes=len(data))
@@ -164,11 +184,16 @@ async def run_case(
             durations_s.append(max(n.arrivals[rid] for n in others) - started)
             cpu_s += time.process_time() - cpu_started_s
             wall_s += time.perf_counter() - wall_started_s
+            if profiler is not None:
+                profiler.disable()
 
-            sent_after = sum(n.service.statistics()["total"]["bytes_sent"] for n in bench_nodes)
-            bytes_per_host.append((sent_after - sent_before) / nodes)
+            sent_after = sent_bytes(bench_nodes)
+            bytes_per_host.append((sent_after[0] - sent_before[0]) / nodes)
+            gossip_bytes_per_host.append((sent_after[1] - sent_before[1]) / nodes)
 
         cpu_share = cpu_s / wall_s
+        if profiler is not None:
+            profiler.dump_stats(profile_path)
         pulled = sum(n.service.statistics()["gossip"].get("pulled", 0) for n in bench_nodes)
         for node in bench_nodes:
             node.service.stop()
@@ -182,6 +207,7 @@ async def run_case(
         "p95_s": float(np.percentile(durations_s, 95)),
         "max_s": max(durations_s),
         "sent_per_host_kb": statistics.mean(bytes_per_host) / 1024,
+        "gossip_sent_per_host_kb": statistics.mean(gossip_bytes_per_host) / 1024,
         "pulled_share": pulled / (runs * (nodes - 1)),
         "cpu_share": cpu_share,
         "rss_ready_mib": rss_ready,
@@ -193,14 +219,15 @@ async def run_case(
 def print_table(rows: list[dict]) -> None:
     header = (
         "| hosts | topology | release KB | runs | p50 s | p95 s | max s | sync KB sent/host/run "
-        "| by pull | CPU busy | RSS MiB | RSS MiB/host | peak RSS MiB |"
+        "| gossip KB sent/host/run | by pull | CPU busy | RSS MiB | RSS MiB/host | peak RSS MiB |"
     )
     print(header)
-    print("|---" * 13 + "|")
+    print("|---" * 14 + "|")
     for row in rows:
         print(
             f"| {row['nodes']} | {row['topology']} | {row['size_kb']:.0f} | {row['runs']} "
             f"| {row['p50_s']:.3f} | {row['p95_s']:.3f} | {row['max_s']:.3f} | {row['sent_per_host_kb']:.0f} "
+            f"| {row['gossip_sent_per_host_kb']:.1f} "
             f"| {row['pulled_share']:.0%} | {row['cpu_share']:.0%} | {row['rss_ready_mib']:.0f} | {row['rss_per_host_mib']:.2f} "
             f"| {row['peak_rss_mib']:.0f} |"
         )
@@ -218,6 +245,10 @@ def main() -> None:
         "--anti-entropy-s", type=float, nargs=2, default=[5.0, 10.0], metavar=("MIN", "MAX"),
         help="anti-entropy interval range in seconds (default: the service default, 5 10)",
     )
+    parser.add_argument(
+        "--profile", metavar="PATH",
+        help="write a cProfile of the publish runs (not the start-up) of a single case to PATH",
+    )
     parser.add_argument("--case-json", help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
@@ -229,12 +260,16 @@ def main() -> None:
         print(json.dumps(row))
         return
 
+    cases = len(args.size_kb) * len(args.nodes)
+    if args.profile and cases != 1:
+        parser.error(f"--profile needs exactly one case (one --nodes and one --size-kb value), got {cases}")
     rows = []
     for size_kb in args.size_kb:
         for nodes in args.nodes:
             case = dict(
                 nodes=nodes, size_kb=size_kb, runs=args.runs, topology=args.topology,
                 degree=args.degree, seed=args.seed, anti_entropy_s=tuple(args.anti_entropy_s),
+                profile_path=args.profile,
             )
             started = time.perf_counter()
             completed = subprocess.run(

@@ -128,6 +128,34 @@ def test_two_hosts_announce_and_pull():
     trio.run(main)
 
 
+def test_gossip_bytes_counted_per_peer():
+    async def main():
+        async with trio.open_nursery() as nursery:
+            a = await start_node(nursery, 1)
+            b = await start_node(nursery, 2, bootstrap=tuple(a.service.addresses()))
+            await wait_until(lambda: a.service.gossip.mesh_peers() and b.service.gossip.mesh_peers())
+            sent_before = peer_statistics(a, b)["gossip_bytes_sent"]
+            received_before = peer_statistics(b, a)["gossip_bytes_received"]
+
+            data = a.publish(seed=1)
+            await wait_for_releases(b, [data])
+            await wait_until(lambda: gossip_count(b, "received") == 1)
+
+            # The announcement is about 180 bytes; the RPC around it adds libp2p's signature and ids.
+            announcement_bytes = 176
+            assert peer_statistics(a, b)["gossip_bytes_sent"] - sent_before >= announcement_bytes
+            assert peer_statistics(b, a)["gossip_bytes_received"] - received_before >= announcement_bytes
+            for node in (a, b):
+                total = node.service.statistics()["total"]
+                assert total["gossip_bytes_sent"] > 0
+                assert total["gossip_bytes_received"] > 0
+            # The body went over sync, counted apart from gossip.
+            assert peer_statistics(a, b)["bytes_sent"] >= len(data)
+            stop_all(a, b)
+
+    trio.run(main)
+
+
 def test_four_hosts_in_a_line_relay_and_pull():
     async def main():
         async with trio.open_nursery() as nursery:

@@ -40,6 +40,10 @@ Settings and why, for py-libp2p 0.8.1:
   version sends to every mesh peer for every message, whatever its size, so
   for announcements of under 200 bytes it only adds control traffic.
 - A publisher receives its own messages; the receive loop skips them.
+- Gossip bytes are counted per peer next to the sync bytes. The library
+  offers no byte counter (its metrics channel blocks pubsub when nobody
+  drains it), so ``_CountingPubsub`` counts every RPC it writes and every
+  byte it reads from an inbound pubsub stream.
 """
 
 from __future__ import annotations
@@ -51,12 +55,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import trio
-from libp2p.abc import IHost
+from libp2p.abc import IHost, INetStream
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
+from libp2p.utils.varint import encode_uvarint
 
 from p2psynth.errors import NetworkError
 from p2psynth.network.announcement import (
@@ -152,7 +157,8 @@ class AnnouncementGossip:
             max_messages_per_topic_per_second=config.max_messages_per_s_per_peer,
         )
         # Constructing Pubsub registers its stream handlers and connect notifee on the host.
-        self.pubsub = Pubsub(
+        self.pubsub = _CountingPubsub(
+            statistics,
             host,
             self.router,
             strict_signing=True,
@@ -257,3 +263,44 @@ class AnnouncementGossip:
         async for message in subscription:
             if message.from_id != my_id.to_bytes():
                 self._statistics.count_gossip("received")
+
+
+class _CountingPubsub(Pubsub):
+    """Pubsub that counts gossip bytes per peer: RPCs written, bytes read from inbound streams.
+
+    NOTE: the one "hello" RPC (our subscriptions) sent on each new outbound
+    stream bypasses ``write_msg`` in py-libp2p 0.8.1 and is not counted as
+    sent. The peer's hello is counted as received.
+    """
+
+    def __init__(self, statistics: NetworkStatistics, *args, **kwargs) -> None:
+        self._traffic_statistics = statistics
+        super().__init__(*args, **kwargs)
+
+    async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
+        written = await super().write_msg(stream, rpc_msg)
+        if written:
+            size = rpc_msg.ByteSize()
+            self._traffic_statistics.count_gossip_sent(str(stream.muxed_conn.peer_id), size + len(encode_uvarint(size)))
+        return written
+
+    async def stream_handler(self, stream: INetStream) -> None:
+        peer = str(stream.muxed_conn.peer_id)
+        await super().stream_handler(_ReadCountingStream(stream, peer, self._traffic_statistics))
+
+
+class _ReadCountingStream:
+    """An inbound pubsub stream that counts the bytes read from it; everything else is delegated."""
+
+    def __init__(self, stream: INetStream, peer: str, statistics: NetworkStatistics) -> None:
+        self._stream = stream
+        self._peer = peer
+        self._statistics = statistics
+
+    async def read(self, n: int | None = None) -> bytes:
+        data = await self._stream.read(n)
+        self._statistics.count_gossip_received(self._peer, len(data))
+        return data
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)

@@ -23,12 +23,20 @@ OTHER_PEERS = "<other peers>"
 
 @dataclass
 class PeerTraffic:
-    """Frames and bytes exchanged with one peer, its errors by reason and its releases by verdict."""
+    """Traffic with one peer, its errors by reason and its releases by verdict.
+
+    ``frames_*`` and ``bytes_*`` count the sync protocol (the names predate
+    gossip counting and are kept for readers of the status snapshot).
+    ``gossip_bytes_*`` count pubsub RPCs: announcements and Gossipsub control
+    messages. Neither includes Noise and Yamux framing.
+    """
 
     frames_sent: int = 0
     frames_received: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
+    gossip_bytes_sent: int = 0
+    gossip_bytes_received: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     releases: Counter[str] = field(default_factory=Counter)
 
@@ -38,6 +46,8 @@ class PeerTraffic:
             "frames_received": self.frames_received,
             "bytes_sent": self.bytes_sent,
             "bytes_received": self.bytes_received,
+            "gossip_bytes_sent": self.gossip_bytes_sent,
+            "gossip_bytes_received": self.gossip_bytes_received,
             "errors": dict(self.errors),
             "releases": dict(self.releases),
         }
@@ -83,6 +93,14 @@ class NetworkStatistics:
         for traffic in (self.total, self.peer(peer_id)):
             traffic.frames_received += 1
             traffic.bytes_received += size_bytes
+
+    def count_gossip_sent(self, peer_id: str, size_bytes: int) -> None:
+        for traffic in (self.total, self.peer(peer_id)):
+            traffic.gossip_bytes_sent += size_bytes
+
+    def count_gossip_received(self, peer_id: str, size_bytes: int) -> None:
+        for traffic in (self.total, self.peer(peer_id)):
+            traffic.gossip_bytes_received += size_bytes
 
     def count_error(self, peer_id: str, reason: str, detail: str = "") -> None:
         """Count a protocol error of ``peer_id`` and log it unless logged recently."""
