@@ -156,6 +156,48 @@ def test_gossip_bytes_counted_per_peer():
     trio.run(main)
 
 
+def test_full_mesh_validates_each_message_once():
+    """Copies that arrive while the first one waits for its body are dropped, not validated and forwarded again.
+
+    Host i takes 0.1 * i s to store a body, so the faster hosts forward the
+    announcement to slower ones while those are still validating their copy.
+    """
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            nodes = []
+            for index in (1, 2, 3, 4, 5):
+                releases = MemoryReleases()
+
+                async def slow_accept(data: bytes, *, from_peer: str, releases=releases, delay_s=0.1 * index):
+                    await trio.sleep(delay_s)
+                    return releases.accept(data, from_peer=from_peer)
+
+                bootstrap = tuple(address for node in nodes for address in node.service.addresses())
+                service = NetworkService(
+                    private_key=fixed_key(index),
+                    config=make_config(bootstrap_addrs=bootstrap),
+                    releases=releases,
+                    accept_release=slow_accept,
+                )
+                await nursery.start(service.run)
+                nodes.append(Node(service, releases, fixed_key(index)))
+            await wait_until(lambda: all(len(n.service.gossip.mesh_peers()) == 4 for n in nodes))
+
+            data = nodes[0].publish(seed=1)
+            for node in nodes[1:]:
+                await wait_for_releases(node, [data])
+            await wait_until(lambda: all(gossip_count(node, "received") >= 1 for node in nodes[1:]))
+            await trio.sleep(0.2)  # room for late copies, which must be dropped
+            for node in nodes[1:]:
+                assert gossip_count(node, "validated") == 1
+                assert gossip_count(node, "received") == 1
+            assert sum(gossip_count(node, "duplicate_in_validation") for node in nodes) >= 1
+            stop_all(*nodes)
+
+    trio.run(main)
+
+
 def test_four_hosts_in_a_line_relay_and_pull():
     async def main():
         async with trio.open_nursery() as nursery:

@@ -176,7 +176,7 @@ class NetworkService:
             config=config.gossip,
             is_member=is_member,
         )
-        self.host.get_network().register_notifee(_ConnectNotifee(self._request_sync))
+        self.host.get_network().register_notifee(_ConnectNotifee(self._request_sync, self.sync.forget_peer))
 
         # Peers that need a sync session soon (new connection, or ahead of us); dropped when full.
         self._sync_send, self._sync_receive = trio.open_memory_channel[ID](256)
@@ -559,10 +559,11 @@ class NetworkService:
 
 
 class _ConnectNotifee(INotifee):
-    """Schedules a sync session for every new connection without waiting, so the swarm is not held up."""
+    """Schedules a sync session for every new connection and forgets a closed one, without waiting."""
 
-    def __init__(self, on_connected: Callable[[ID], None]) -> None:
+    def __init__(self, on_connected: Callable[[ID], None], on_disconnected: Callable[[ID], None]) -> None:
         self._on_connected = on_connected
+        self._on_disconnected = on_disconnected
 
     async def connected(self, network: INetwork, conn: INetConn) -> None:
         try:
@@ -571,7 +572,10 @@ class _ConnectNotifee(INotifee):
             logger.exception("scheduling a sync for a new connection failed")
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
-        pass
+        try:
+            self._on_disconnected(conn.muxed_conn.peer_id)
+        except Exception:  # a notifee exception would surface inside the swarm
+            logger.exception("forgetting the sync state of a closed connection failed")
 
     async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
         pass

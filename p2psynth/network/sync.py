@@ -58,32 +58,26 @@ from libp2p.peer.id import ID
 
 from p2psynth.errors import NetworkError
 from p2psynth.network.host import public_key_from_peer_id
+from p2psynth.network.session import Session, StreamPool, close_quietly, reset_quietly
 from p2psynth.network.stats import NetworkStatistics
 from p2psynth.network.wire import (
     AuthorSummary,
     EndOfStream,
+    FrameReader,
     GetAfterRequest,
     GetRequest,
     HaveRequest,
     IndexRequest,
-    IndexResponse,
-    ReleasesResponse,
     Request,
     SummaryRequest,
     SyncProtocolError,
-    decode_have_response,
-    decode_index_response,
-    decode_releases_response,
     decode_request,
-    decode_summary_response,
     encode_error_response,
     encode_have_response,
     encode_index_response,
     encode_releases_response,
-    encode_request,
     encode_summary_response,
     index_digest,
-    read_frame,
     write_frame,
 )
 
@@ -155,6 +149,8 @@ class SyncLimits:
     # compared without result, remembered in memory (oldest forgotten first).
     max_remembered_rejections: int = 4096
     max_settled_pairs: int = 4096
+    # An outbound stream idle this long (at most half of read_timeout_s) is closed, not reused.
+    pooled_stream_idle_s: float = 5.0
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -245,6 +241,11 @@ class SyncProtocol:
         # (peer, author) -> (peer digest, our digest) of an index comparison
         # that left nothing to pull; skipped while both digests stay the same.
         self._settled: OrderedDict[tuple[str, bytes], tuple[bytes, bytes]] = OrderedDict()
+        # One idle outbound stream per peer, reused by the next session (see ``session``).
+        self._pool = StreamPool(
+            max_idle_s=min(limits.pooled_stream_idle_s, limits.read_timeout_s / 2),
+            max_requests=limits.max_requests_per_session,
+        )
 
     @property
     def protocols(self) -> tuple[TProtocol, ...]:
@@ -278,7 +279,7 @@ class SyncProtocol:
         except Exception as exc:  # last guard: an exception here would end the process
             self._statistics.count_error(peer, "inbound:internal", f"{type(exc).__name__}: {exc}")
             logger.error("sync handler failed on a stream from peer %s", peer, exc_info=exc)
-            await _reset_quietly(stream)
+            await reset_quietly(stream)
 
     async def _serve_admitted(self, stream: INetStream, peer_id: ID) -> None:
         peer = str(peer_id)
@@ -286,15 +287,15 @@ class SyncProtocol:
         self._inbound_by_peer[peer] += 1
         try:
             await self._serve_session(stream, peer_id)
-            await _close_quietly(stream)
+            await close_quietly(stream)
         except EndOfStream:
-            await _close_quietly(stream)
+            await close_quietly(stream)
         except SyncProtocolError as exc:
             self._statistics.count_error(peer, f"inbound:{exc.reason}", str(exc))
-            await _reset_quietly(stream)
+            await reset_quietly(stream)
         except (BaseLibp2pError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._statistics.count_error(peer, "inbound:stream_error", f"{type(exc).__name__}: {exc}")
-            await _reset_quietly(stream)
+            await reset_quietly(stream)
         finally:
             self._inbound_streams -= 1
             self._inbound_by_peer[peer] -= 1
@@ -316,13 +317,27 @@ class SyncProtocol:
         return None
 
     async def _serve_session(self, stream: INetStream, peer_id: ID) -> None:
+        """Serve requests until the peer closes the stream, stays idle or exceeds the request cap.
+
+        A stream without a first request within ``read_timeout_s`` is an
+        error. After a served request, the same wait ends the stream cleanly,
+        because initiators keep a stream open for their next session.
+        """
         peer = str(peer_id)
-        for _ in range(self.limits.max_requests_per_session):
+        reader = FrameReader(stream)
+        served = 0
+        while True:
             body = b""
             with trio.move_on_after(self.limits.read_timeout_s) as waiting:
-                body = await read_frame(stream, max_bytes=self.limits.max_request_bytes)
+                body = await reader.read_frame(max_bytes=self.limits.max_request_bytes)
             if waiting.cancelled_caught:
-                raise SyncProtocolError("timeout", f"no request within {self.limits.read_timeout_s} s")
+                if served == 0:
+                    raise SyncProtocolError("timeout", f"no request within {self.limits.read_timeout_s} s")
+                return
+            if served >= self.limits.max_requests_per_session:
+                raise SyncProtocolError(
+                    "too_many_requests", f"stream exceeded {self.limits.max_requests_per_session} requests"
+                )
             self._statistics.count_received(peer, len(body) + 4)
 
             request = decode_request(body, max_ids=self.limits.max_get_ids, max_authors=self.limits.max_authors)
@@ -332,9 +347,7 @@ class SyncProtocol:
             if writing.cancelled_caught:
                 raise SyncProtocolError("write_timeout", f"response not taken within {self.limits.request_timeout_s} s")
             self._statistics.count_sent(peer, sent)
-        raise SyncProtocolError(
-            "too_many_requests", f"session exceeded {self.limits.max_requests_per_session} requests"
-        )
+            served += 1
 
     def _respond(self, request: Request, peer_id: ID) -> bytes:
         # NOTE: the store is read synchronously on the event loop. A batch of
@@ -438,7 +451,7 @@ class SyncProtocol:
             self._statistics.count_error(str(peer_id), "outbound:session_timeout")
         return result
 
-    async def _pull_author(self, session: "_Session", plan: PullPlan, result: PullResult) -> bool:
+    async def _pull_author(self, session: Session, plan: PullPlan, result: PullResult) -> bool:
         """Pull one author's releases after ours; return False once the session's request budget is spent."""
         after = plan.local_sequence
         while after < plan.remote_sequence:
@@ -460,7 +473,7 @@ class SyncProtocol:
             after = stored
         return True
 
-    async def _repair_gaps(self, session: "_Session", summaries: dict[bytes, AuthorSummary], result: PullResult) -> None:
+    async def _repair_gaps(self, session: Session, summaries: dict[bytes, AuthorSummary], result: PullResult) -> None:
         """Pull the releases a peer holds that are missing inside our copy of each author's history.
 
         Runs after the GET_AFTER pulls, so only authors whose digests still
@@ -480,7 +493,7 @@ class SyncProtocol:
                 return
             self._remember(self._settled, key, (summary.digest, self.summarize(author, 0).digest), self.limits.max_settled_pairs)
 
-    async def _repair_author(self, session: "_Session", author: bytes, result: PullResult) -> bool:
+    async def _repair_author(self, session: Session, author: bytes, result: PullResult) -> bool:
         """Page through the peer's index of ``author`` and GET what we lack; return False once the budget is spent."""
         stored_ids = {
             release_id for _, release_id in self.local_index(author, limit=self.limits.max_index_entries_per_author)
@@ -520,7 +533,7 @@ class SyncProtocol:
             self._statistics.count_error(str(peer_id), "outbound:session_timeout")
         return result
 
-    async def _get_ids(self, session: "_Session", pending: list[bytes], result: PullResult) -> bool:
+    async def _get_ids(self, session: Session, pending: list[bytes], result: PullResult) -> bool:
         """GET ``pending`` ids in chunks and deliver the bodies; return False once the budget is spent."""
         while pending:
             if result.requests >= self.limits.max_requests_per_session:
@@ -574,101 +587,15 @@ class SyncProtocol:
         self._statistics.count_release(verdict.value, from_peer)
         return verdict
 
-    def _session(self, peer_id: ID) -> "_Session":
-        return _Session(self._host, peer_id, self.limits, self._statistics, self.protocols)
-
-
-class _Session:
-    """One outbound stream with a sequence of requests; counts failures by reason."""
-
-    def __init__(
-        self,
-        host: IHost,
-        peer_id: ID,
-        limits: SyncLimits,
-        statistics: NetworkStatistics,
-        protocols: tuple[TProtocol, ...] = (SYNC_PROTOCOL_ID,),
-    ) -> None:
-        self._host = host
-        self.peer_id = peer_id
-        self.peer = str(peer_id)
-        self._limits = limits
-        self._statistics = statistics
-        self._protocols = protocols
-        self._stream: INetStream | None = None
-        # The protocol id the peer accepted, once the stream is open.
-        self.protocol: TProtocol | None = None
-
-    async def __aenter__(self) -> "_Session":
-        try:
-            with trio.fail_after(self._limits.request_timeout_s):
-                self._stream = await self._host.new_stream(self.peer_id, list(self._protocols))
-                self.protocol = self._stream.get_protocol()
-        except trio.TooSlowError:
-            raise self._failure("open_timeout", "opening a sync stream timed out") from None
-        except Exception as exc:  # swarm, muxer and negotiation errors share no base class
-            raise self._failure("open_failed", f"cannot open a sync stream: {type(exc).__name__}: {exc}") from exc
-        return self
-
-    async def __aexit__(self, exc_type: object, exc: object, traceback: object) -> None:
-        if self._stream is None:
-            return
-        if exc_type is None:
-            await _close_quietly(self._stream)
-        else:
-            await _reset_quietly(self._stream)
-        # Failures of __aenter__ never reach here; they are counted in _failure.
-        if isinstance(exc, SyncProtocolError):
-            self._statistics.count_error(self.peer, f"outbound:{exc.reason}", str(exc))
-        elif isinstance(exc, Exception):
-            self._statistics.count_error(self.peer, "outbound:stream_error", f"{type(exc).__name__}: {exc}")
-
-    async def have(self, latest: dict[bytes, int]) -> dict[bytes, int]:
-        body = await self._exchange(HaveRequest(latest))
-        return decode_have_response(body, max_authors=self._limits.max_authors)
-
-    async def get_after(self, author: bytes, after: int) -> ReleasesResponse:
-        body = await self._exchange(GetAfterRequest(author, after, self._limits.max_batch_releases))
-        return decode_releases_response(
-            body, max_releases=self._limits.max_batch_releases, max_release_bytes=self._limits.max_release_bytes
+    def _session(self, peer_id: ID) -> Session:
+        return Session(
+            self._host, peer_id, limits=self.limits, statistics=self._statistics, protocols=self.protocols,
+            pool=self._pool,
         )
 
-    async def summary(self, latest: dict[bytes, int]) -> dict[bytes, AuthorSummary]:
-        body = await self._exchange(SummaryRequest(latest))
-        return decode_summary_response(body, max_authors=self._limits.max_authors)
-
-    async def index(self, author: bytes, after: int, limit: int) -> IndexResponse:
-        body = await self._exchange(IndexRequest(author, after, limit))
-        return decode_index_response(body, after=after, max_entries=limit)
-
-    async def get(self, release_ids: list[bytes]) -> ReleasesResponse:
-        body = await self._exchange(GetRequest(tuple(release_ids)))
-        return decode_releases_response(
-            body, max_releases=len(release_ids), max_release_bytes=self._limits.max_release_bytes
-        )
-
-    async def _exchange(self, request: Request) -> bytes:
-        assert self._stream is not None
-        body = encode_request(request)
-        if len(body) > self._limits.max_request_bytes:
-            raise SyncProtocolError("request_too_large", f"request of {len(body)} bytes is over the limit")
-        try:
-            with trio.fail_after(self._limits.request_timeout_s):
-                sent = await write_frame(self._stream, body)
-                self._statistics.count_sent(self.peer, sent)
-                response = await read_frame(self._stream, max_bytes=self._limits.max_response_bytes)
-        except trio.TooSlowError:
-            raise SyncProtocolError("timeout", f"no response within {self._limits.request_timeout_s} s") from None
-        except EndOfStream:
-            raise SyncProtocolError("truncated", "peer closed the stream instead of responding") from None
-        except (BaseLibp2pError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise SyncProtocolError("stream_error", f"{type(exc).__name__}: {exc}") from exc
-        self._statistics.count_received(self.peer, len(response) + 4)
-        return response
-
-    def _failure(self, reason: str, message: str) -> SyncProtocolError:
-        self._statistics.count_error(self.peer, f"outbound:{reason}", message)
-        return SyncProtocolError(reason, f"{message} (peer {self.peer})")
+    def forget_peer(self, peer_id: ID) -> None:
+        """Drop state kept for a peer whose connection closed: its idle outbound stream."""
+        self._pool.forget(peer_id)
 
 
 async def _send_rejection(stream: INetStream, reason: str) -> None:
@@ -678,20 +605,4 @@ async def _send_rejection(stream: INetStream, reason: str) -> None:
             await write_frame(stream, encode_error_response(reason))
         except Exception:  # the peer may be gone already; the rejection is counted either way
             pass
-    await _close_quietly(stream)
-
-
-async def _close_quietly(stream: INetStream) -> None:
-    with trio.move_on_after(1.0):
-        try:
-            await stream.close()
-        except Exception:  # closing a stream the peer reset raises; nothing to do then
-            pass
-
-
-async def _reset_quietly(stream: INetStream) -> None:
-    with trio.move_on_after(1.0):
-        try:
-            await stream.reset()
-        except Exception:  # resetting a dead stream raises; nothing to do then
-            pass
+    await close_quietly(stream)

@@ -195,6 +195,52 @@ async def _read_exactly(stream: INetStream, size: int, *, at_boundary: bool) -> 
     return bytes(buffer)
 
 
+class FrameReader:
+    """Reads frames from one stream with as few stream reads as possible.
+
+    ``read_frame`` reads the header and then exactly the body, two or more
+    reads per frame. py-libp2p 0.8.1's Yamux sends a WINDOW_UPDATE frame
+    after almost every read, each one a Noise message and a system call on
+    both hosts, so this reader asks for up to ``READ_CHUNK_BYTES`` at a time
+    and keeps what it read past the current frame for the next one. The
+    buffer holds at most one frame plus one chunk.
+    """
+
+    def __init__(self, stream: INetStream) -> None:
+        self._stream = stream
+        # Bytes read from the stream and not yet returned as a frame.
+        self._buffer = bytearray()
+
+    async def read_frame(self, *, max_bytes: int) -> bytes:
+        """Read one frame body of at most ``max_bytes``; raises like ``read_frame``."""
+        await self._fill(FRAME_HEADER.size, at_boundary=True)
+        (length,) = FRAME_HEADER.unpack_from(self._buffer)
+        if length > max_bytes:
+            raise SyncProtocolError("oversized", f"frame declares {length} bytes, over the limit of {max_bytes}")
+        if length == 0:
+            raise SyncProtocolError("malformed", "invalid empty frame; every frame contains a msgpack map")
+
+        end = FRAME_HEADER.size + length
+        await self._fill(end, at_boundary=False)
+        body = bytes(self._buffer[FRAME_HEADER.size : end])
+        del self._buffer[:end]
+        return body
+
+    async def _fill(self, size: int, *, at_boundary: bool) -> None:
+        while len(self._buffer) < size:
+            try:
+                chunk = await self._stream.read(max(size - len(self._buffer), READ_CHUNK_BYTES))
+            except StreamEOF:
+                chunk = b""
+            if not chunk:
+                if at_boundary and not self._buffer:
+                    raise EndOfStream()
+                raise SyncProtocolError(
+                    "truncated", f"stream ended after {len(self._buffer)} of {size} bytes of a frame"
+                )
+            self._buffer += chunk
+
+
 # Messages ------------------------------------------------------------------
 
 
