@@ -45,7 +45,7 @@ class RoundState:
 
     epoch: int | None = None
     round: int | None = None
-    state: str = "idle"  # idle, measuring, waiting, done, failed
+    state: str = "idle"  # idle, planning, waiting, measuring, done, failed
     waiting_for: list[str] = field(default_factory=list)
     deadline_at_ms: int | None = None
     basis_how: dict[int, str] = field(default_factory=dict)
@@ -151,7 +151,7 @@ class RoundRunner:
 
     async def _wait_for_basis(self, round_number: int, own_previous: ReleaseEntry) -> BasisChoice:
         deadline = trio.current_time() + self._round_wait_s
-        self.state.round, self.state.state = round_number, "waiting"
+        self.state.round, self.state.state = round_number, "planning"
         self.state.deadline_at_ms = time.time_ns() // 1_000_000 + int(self._round_wait_s * 1000)
         while True:
             self._arrivals = trio.Event()
@@ -162,7 +162,7 @@ class RoundRunner:
             names = [self._daemon.members.name_of(key) for key in choice.missing]
             if names != self.state.waiting_for:
                 log.info("round %d waits for %s", round_number, ", ".join(names))
-            self.state.waiting_for = names
+            self.state.waiting_for, self.state.state = names, "waiting"
             with trio.move_on_after(max(0.0, min(_RECHECK_S, deadline - trio.current_time()))):
                 await self._arrivals.wait()
 

@@ -143,3 +143,40 @@ def test_late_member_adopts_the_plan_and_all_converge(three_node_files, adult_sc
     assert len({r.basis for r in third_rounds}) == 1
     assert len({r.grouping for r in third_rounds}) == 1
     assert len({tuple(m.attributes for m in r.measurements) for r in third_rounds}) == 1
+
+
+def test_node_killed_between_rounds_finishes_its_epoch(three_node_files, adult_schema_path):
+    root, paths = three_node_files
+    nodes = create_local_network(
+        root / "crash", data_paths=paths[:2], schema_path=adult_schema_path, round_wait_s=600.0
+    )
+    first, second = nodes
+    with LocalNetwork(nodes, anti_entropy_s=(1.0, 2.0)) as net:
+        net.start_all()
+        net.wait_started(timeout_s=TIMEOUT_S)
+        with Client.from_node_config(first.config_path) as client:
+            client.publish()
+        net.wait_until(lambda: ((first.status() or {}).get("rounds") or {}).get("state") == "waiting",
+                       timeout_s=TIMEOUT_S, what="the first node to wait in round 2")
+
+        net.kill(first)
+        net.start(first)
+        net.wait_started([first], timeout_s=TIMEOUT_S)
+        net.wait_until(lambda: ((first.status() or {}).get("rounds") or {}).get("state") == "waiting",
+                       timeout_s=TIMEOUT_S, what="the restarted node to resume round 2")
+        resumed = first.status()["rounds"]
+        assert resumed["epoch"] == 1
+        assert resumed["round"] == 2
+        assert resumed["waiting_for"] == [second.name]
+
+        with Client.from_node_config(second.config_path) as client:
+            client.publish()
+        net.wait_until(lambda: net.converged(releases=6), timeout_s=TIMEOUT_S,
+                       what="both nodes to hold 6 releases and one model")
+        with Client.from_node_config(first.config_path) as client:
+            budget = client.budget()
+
+    assert budget["releases"] == 3
+    assert budget["epsilon_spent"] == pytest.approx(1.0, rel=1e-9)
+    rounds = [r.round for r in _own_releases(first.folder / "store.sqlite")]
+    assert rounds == [1, 2, 3]
