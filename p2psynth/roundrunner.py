@@ -1,6 +1,6 @@
 """The daemon's side of the measurement rounds: publish round 1, then plan and publish 2 and 3.
 
-``RoundRunner.start_epoch`` measures round 1 and returns at once; a task then
+``RoundRunner.start_epoch`` measures round 1 and returns at once. A task then
 waits for the other members' releases, chooses each next round's basis with
 ``p2psynth.rounds.choose_basis`` and publishes the round. Reading the store,
 planning and measuring run in worker threads (each opens its own SQLite
@@ -34,21 +34,21 @@ from p2psynth.strategy import StrategyConfig
 
 log = logging.getLogger(__name__)
 
-# Longest pause between two looks at the store while a round waits; a release
-# arriving wakes the wait earlier.
+# Maximum pause between two reads of the store while a round waits. A release
+# that arrives ends the pause earlier.
 _RECHECK_S = 2.0
 
 
 @dataclass
 class RoundState:
-    """What the status shows about this node's rounds."""
+    """Progress of this node's rounds, as the status snapshot shows it."""
 
     epoch: int | None = None
     round: int | None = None
     state: str = "idle"  # idle, planning, waiting, measuring, done, failed
     waiting_for: list[str] = field(default_factory=list)
     deadline_at_ms: int | None = None
-    basis_how: dict[int, str] = field(default_factory=dict)
+    basis_method: dict[int, str] = field(default_factory=dict)
     error: str | None = None
 
     def view(self) -> dict:
@@ -58,7 +58,7 @@ class RoundState:
             "state": self.state,
             "waiting_for": list(self.waiting_for),
             "deadline_at_ms": self.deadline_at_ms,
-            "basis": {str(k): v for k, v in sorted(self.basis_how.items())},
+            "basis": {str(k): v for k, v in sorted(self.basis_method.items())},
             "error": self.error,
         }
 
@@ -131,13 +131,13 @@ class RoundRunner:
                     continue
                 choice = await self._wait_for_basis(round_number, own[round_number - 1])
                 self.state.round, self.state.state = round_number, "measuring"
-                self.state.basis_how[round_number] = choice.how
+                self.state.basis_method[round_number] = choice.method
                 published = await trio.to_thread.run_sync(self._publish_round, epoch, rho, choice)
                 self._on_published(published)
                 self.state.state = "done"
                 log.info(
                     "published round %d of epoch %d: release %s, basis of %d releases (%s)",
-                    round_number, epoch, release_id(published.data).hex()[:16], len(choice.basis), choice.how,
+                    round_number, epoch, release_id(published.data).hex()[:16], len(choice.basis), choice.method,
                 )
         except P2PSynthError as exc:
             log.error("round %s of epoch %d failed: %s", self.state.round, epoch, exc)
@@ -222,5 +222,7 @@ class RoundRunner:
 
 def _entry(data: bytes | None) -> ReleaseEntry:
     if data is None:
-        raise StoreError("a release of the basis is missing from the store; it was there a moment ago")
+        raise StoreError(
+            "a release named by the basis is missing from the store; check the store file and restart the node"
+        )
     return ReleaseEntry(release_id(data), decode_release(data))

@@ -4,10 +4,10 @@ The decentralized strategy (p2psynth/strategy.py) measures in three rounds.
 Round 1 needs nothing; round 2 is planned from the sum of the members' round-1
 releases, round 3 from their round-1 and round-2 releases. Members add their
 round-r counts cell by cell only if they planned round r identically, that is
-from the same set of releases. There is no coordinator to announce that set, so
-every round-2 and round-3 release names it: its ``basis`` is the sorted list of
-release ids its plan was computed from, and ``plan_from_basis`` turns a basis
-into the plan with pure functions of public releases. Anyone can recompute the
+from the same set of releases. No coordinator announces that set, so every
+round-2 and round-3 release names it: its ``basis`` is the sorted list of
+release ids its plan was computed from. ``plan_from_basis`` turns a basis into
+the plan with pure functions of public releases, so anyone can recompute the
 plan of any release from its basis.
 
 How a member chooses the basis of its next round (``choose_basis``):
@@ -66,7 +66,7 @@ class BasisChoice:
 
     round: int
     basis: tuple[bytes, ...]  # sorted release ids
-    how: str  # "adopted", "complete" or "deadline"
+    method: str  # "adopted", "complete" or "deadline"
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,10 @@ def plan_from_basis(
     """
     first = [entry.release for entry in basis if entry.release.round == 1]
     if not first:
-        raise ModelError(f"the basis of a round-{round_number} plan holds no round-1 release")
+        raise ModelError(
+            f"the basis of a round-{round_number} plan contains no round-1 release; "
+            "plan only from a basis that names the members' round-1 releases"
+        )
     if any(release.grouping for release in first):
         raise ModelError("a round-1 release in the basis measures grouped codes; round 1 is at full resolution")
     one_way = [[m for m in release.measurements if len(m.attributes) == 1] for release in first]
@@ -110,7 +113,10 @@ def plan_from_basis(
 
     second = [entry.release for entry in basis if entry.release.round == 2]
     if not second:
-        raise ModelError("the basis of a round-3 plan holds no round-2 release")
+        raise ModelError(
+            "the basis of a round-3 plan contains no round-2 release; "
+            "plan round 3 only after this member's round 2"
+        )
     if len({release.grouping for release in second}) != 1:
         raise ModelError("the round-2 releases of a round-3 basis use different groupings; their counts cannot be added")
     round_two_sum = sum_measurements([list(release.measurements) for release in second])
@@ -132,9 +138,9 @@ def choose_basis(
     """Decide the basis of this member's round ``round_number`` (2 or 3), or that it must wait.
 
     ``own_previous`` is this member's release of the previous round in the
-    epoch being measured; ``current`` holds the current releases (each
-    author's highest epoch) of the members that count; ``expected_authors``
-    are the members waited for; ``lookup`` finds a stored release by id.
+    epoch being measured. ``current`` contains the current releases (each
+    author's highest epoch) of the members that count. ``expected_authors``
+    are the members waited for, and ``lookup`` finds a stored release by id.
     """
     adopted = _adoptable_basis(round_number, domain=domain, config=config, own_author=own_author,
                                current=current, lookup=lookup)

@@ -115,7 +115,7 @@ def test_round_two_waits_for_every_member_until_the_deadline():
     assert waiting.missing == (members[2].author,)
 
     late = _choose(members[0], 2, current, members, deadline_passed=True)
-    assert isinstance(late, BasisChoice) and late.how == "deadline"
+    assert isinstance(late, BasisChoice) and late.method == "deadline"
     assert late.basis == tuple(sorted(e.release_id for e in current))
 
 
@@ -125,7 +125,7 @@ def test_round_two_basis_is_every_round_one_release_when_all_arrived():
         member.publish(plan_round_one(DOMAIN, rho=RHO, config=CONFIG))
     current = [m.entries[1] for m in members]
     choices = [_choose(m, 2, current, members) for m in members]
-    assert {c.how for c in choices} == {"complete"}
+    assert {c.method for c in choices} == {"complete"}
     assert len({c.basis for c in choices}) == 1
     assert choices[0].basis == tuple(sorted(e.release_id for e in current))
 
@@ -148,7 +148,7 @@ def test_late_member_adopts_the_basis_the_others_used():
     missing_one = {rid: e for rid, e in held.items() if rid != early[0]}
     missing_one.update({e.release_id: e for m in members for r, e in m.entries.items() if r == 2})
     fallback = _choose(members[2], 2, current, members, held=missing_one)
-    assert isinstance(fallback, BasisChoice) and fallback.how == "complete"
+    assert isinstance(fallback, BasisChoice) and fallback.method == "complete"
     assert fallback.basis != early
 
 
