@@ -1,4 +1,4 @@
-"""Reuse of outbound sync streams: one idle stream per peer, kept across sessions.
+"""Stream reuse and buffering: one idle sync stream per peer, and chunked pubsub reads.
 
 Real NetworkService hosts on 127.0.0.1 with in-memory releases. The pool is
 read through ``NetworkService.sync`` to check which stream a session used.
@@ -11,6 +11,8 @@ from releasefactory import fixed_key, make_release
 from test_network_hosts import start_node, stop_all, wait_until
 
 from p2psynth.network import SyncLimits
+from p2psynth.network.gossip import _BufferedInboundStream
+from p2psynth.network.stats import NetworkStatistics
 from p2psynth.release import release_id
 
 AUTHOR_KEY = fixed_key(31)
@@ -111,5 +113,43 @@ def test_pooled_stream_forgotten_on_disconnect():
             await puller.service.host.disconnect(holder.service.host.get_id())
             await wait_until(lambda: pooled(puller, holder) is None)
             stop_all(holder, puller)
+
+    trio.run(main)
+
+
+class ChunkStream:
+    """A stream of fixed chunks, as a muxer hands them out; records each read size requested."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._chunks = list(chunks)
+        self.requested: list[int | None] = []
+        self.protocol = "/meshsub/1.1.0"
+
+    async def read(self, n: int | None = None) -> bytes:
+        self.requested.append(n)
+        return self._chunks.pop(0) if self._chunks else b""
+
+
+def test_buffered_inbound_stream_reads_chunks():
+    async def main():
+        statistics = NetworkStatistics()
+        inner = ChunkStream([b"\x05hello\x03abc", b"\x02xy"])
+        stream = _BufferedInboundStream(inner, "peer-a", statistics)
+
+        # A varint read byte by byte, then the body: one read of the inner stream.
+        assert await stream.read(1) == b"\x05"
+        assert await stream.read(5) == b"hello"
+        assert await stream.read(1) == b"\x03"
+        assert await stream.read(10) == b"abc"
+        assert len(inner.requested) == 1
+        assert inner.requested[0] >= 64 * 1024
+
+        assert await stream.read(None) == b"\x02xy"
+        assert await stream.read(0) == b""
+        assert len(inner.requested) == 2
+        assert statistics.total.gossip_bytes_received == 13
+        assert statistics.peers["peer-a"].gossip_bytes_received == 13
+        # Everything else reaches the inner stream.
+        assert stream.protocol == "/meshsub/1.1.0"
 
     trio.run(main)

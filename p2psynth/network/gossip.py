@@ -44,6 +44,8 @@ Settings and why, for py-libp2p 0.8.1:
   offers no byte counter (its metrics channel blocks pubsub when nobody
   drains it), so ``_AnnouncementPubsub`` counts every RPC it writes and every
   byte it reads from an inbound pubsub stream.
+- Inbound pubsub streams are read in chunks (``_BufferedInboundStream``),
+  which cuts the Yamux window updates that each small read triggers.
 """
 
 from __future__ import annotations
@@ -310,20 +312,38 @@ class _AnnouncementPubsub(Pubsub):
 
     async def stream_handler(self, stream: INetStream) -> None:
         peer = str(stream.muxed_conn.peer_id)
-        await super().stream_handler(_ReadCountingStream(stream, peer, self._traffic_statistics))
+        await super().stream_handler(_BufferedInboundStream(stream, peer, self._traffic_statistics))
 
 
-class _ReadCountingStream:
-    """An inbound pubsub stream that counts the bytes read from it; everything else is delegated."""
+class _BufferedInboundStream:
+    """An inbound pubsub stream read in chunks, counting the bytes; everything else is delegated.
+
+    The library reads an RPC's varint length one byte per ``read`` call and
+    then the body, and py-libp2p 0.8.1's Yamux follows almost every read with
+    a WINDOW_UPDATE frame to the sender. Reading up to ``CHUNK_BYTES`` at once
+    and serving the small reads from that buffer cuts those frames to about
+    one per RPC. ``read(n)`` still returns at most ``n`` bytes.
+    """
+
+    CHUNK_BYTES = 64 * 1024
 
     def __init__(self, stream: INetStream, peer: str, statistics: NetworkStatistics) -> None:
         self._stream = stream
         self._peer = peer
         self._statistics = statistics
+        # Bytes read from the stream and not yet returned; refilled only when empty.
+        self._buffer = bytearray()
 
     async def read(self, n: int | None = None) -> bytes:
-        data = await self._stream.read(n)
-        self._statistics.count_gossip_received(self._peer, len(data))
+        if n == 0:
+            return b""
+        if not self._buffer:
+            data = await self._stream.read(self.CHUNK_BYTES if n is not None and 0 <= n < self.CHUNK_BYTES else n)
+            self._statistics.count_gossip_received(self._peer, len(data))
+            self._buffer += data
+        size = len(self._buffer) if n is None or n < 0 else min(n, len(self._buffer))
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
         return data
 
     def __getattr__(self, name: str):

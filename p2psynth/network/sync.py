@@ -339,15 +339,19 @@ class SyncProtocol:
                     "too_many_requests", f"stream exceeded {self.limits.max_requests_per_session} requests"
                 )
             self._statistics.count_received(peer, len(body) + 4)
-
-            request = decode_request(body, max_ids=self.limits.max_get_ids, max_authors=self.limits.max_authors)
-            response = self._respond(request, peer_id)
-            with trio.move_on_after(self.limits.request_timeout_s) as writing:
-                sent = await write_frame(stream, response)
-            if writing.cancelled_caught:
-                raise SyncProtocolError("write_timeout", f"response not taken within {self.limits.request_timeout_s} s")
-            self._statistics.count_sent(peer, sent)
+            await self._serve_request(stream, body, peer_id)
             served += 1
+
+    async def _serve_request(self, stream: INetStream, body: bytes, peer_id: ID) -> None:
+        # A function of its own, so that the response (up to a full batch of
+        # bodies) is freed before the loop waits on an idle stream.
+        request = decode_request(body, max_ids=self.limits.max_get_ids, max_authors=self.limits.max_authors)
+        response = self._respond(request, peer_id)
+        with trio.move_on_after(self.limits.request_timeout_s) as writing:
+            sent = await write_frame(stream, response)
+        if writing.cancelled_caught:
+            raise SyncProtocolError("write_timeout", f"response not taken within {self.limits.request_timeout_s} s")
+        self._statistics.count_sent(str(peer_id), sent)
 
     def _respond(self, request: Request, peer_id: ID) -> bytes:
         # NOTE: the store is read synchronously on the event loop. A batch of

@@ -201,8 +201,8 @@ class FrameReader:
     ``read_frame`` reads the header and then exactly the body, two or more
     reads per frame. py-libp2p 0.8.1's Yamux sends a WINDOW_UPDATE frame
     after almost every read, each one a Noise message and a system call on
-    both hosts, so this reader asks for up to ``READ_CHUNK_BYTES`` at a time
-    and keeps what it read past the current frame for the next one. The
+    both hosts. This reader therefore asks for up to ``READ_CHUNK_BYTES`` at
+    a time and keeps what it read past the current frame for the next one. The
     buffer holds at most one frame plus one chunk.
     """
 
