@@ -25,7 +25,9 @@ what N machines would see on a network but understate network latency.
 processes had. The load average printed with the table shows how busy the
 machine was.
 
-Run: /work/venv/bin/python benchmarks/bench_gossip.py --nodes 10 25 50 --runs 5
+Run: /work/venv/bin/python benchmarks/bench_gossip.py --nodes 10 25 50 --runs 7 --size-kb 1 300 --record
+Add ``--compare-with DIR`` to run every case also with the code checked out
+in DIR, interleaved, for before/after tables measured under the same load.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from p2psynth.domain import Measurement  # noqa: E402
 from p2psynth.network import NetworkConfig, NetworkService, ReleaseVerdict  # noqa: E402
@@ -216,21 +219,80 @@ async def run_case(
     }
 
 
-def print_table(rows: list[dict]) -> None:
-    header = (
-        "| hosts | topology | release KB | runs | p50 s | p95 s | max s | sync KB sent/host/run "
-        "| gossip KB sent/host/run | by pull | CPU busy | RSS MiB | RSS MiB/host | peak RSS MiB |"
-    )
-    print(header)
-    print("|---" * 14 + "|")
+def format_table(rows: list[dict]) -> list[str]:
+    """Return the result rows as Markdown table lines; a baseline without gossip counters shows "-"."""
+    lines = [
+        "| code | hosts | topology | release KB | runs | p50 s | p95 s | max s | sync KB sent/host/run "
+        "| gossip KB sent/host/run | by pull | CPU busy | RSS MiB | RSS MiB/host | peak RSS MiB |",
+        "|---" * 15 + "|",
+    ]
     for row in rows:
-        print(
-            f"| {row['nodes']} | {row['topology']} | {row['size_kb']:.0f} | {row['runs']} "
+        gossip_kb = row.get("gossip_sent_per_host_kb")
+        lines.append(
+            f"| {row.get('code', 'this tree')} | {row['nodes']} | {row['topology']} | {row['size_kb']:.0f} | {row['runs']} "
             f"| {row['p50_s']:.3f} | {row['p95_s']:.3f} | {row['max_s']:.3f} | {row['sent_per_host_kb']:.0f} "
-            f"| {row['gossip_sent_per_host_kb']:.1f} "
-            f"| {row['pulled_share']:.0%} | {row['cpu_share']:.0%} | {row['rss_ready_mib']:.0f} | {row['rss_per_host_mib']:.2f} "
-            f"| {row['peak_rss_mib']:.0f} |"
+            f"| {'-' if gossip_kb is None else f'{gossip_kb:.1f}'} "
+            f"| {row['pulled_share']:.0%} | {row['cpu_share']:.0%} | {row['rss_ready_mib']:.0f} "
+            f"| {row['rss_per_host_mib']:.2f} | {row['peak_rss_mib']:.0f} |"
         )
+    return lines
+
+
+def run_child(script: Path, case: dict) -> dict:
+    """Run one case in a child process of ``script`` (this file or a baseline's copy); return its row."""
+    completed = subprocess.run(
+        [sys.executable, str(script), "--case-json", json.dumps(case)], capture_output=True, text=True, check=False
+    )
+    if completed.returncode != 0:
+        print(completed.stderr[-4000:], file=sys.stderr)
+        raise SystemExit(f"case {case} of {script} failed with exit code {completed.returncode}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def record(
+    rows: list[dict], *, load_average: float, compare_with: str | None, commit_label: str | None, note: str | None
+) -> None:
+    """Rewrite the gossip section of docs/benchmarks.md with ``rows``."""
+    from benchdoc import machine_summary, write_section
+
+    # A local checkout path means nothing to a reader: name the commit instead.
+    arguments = [
+        f"<checkout of {commit_label}>" if compare_with and commit_label and argument == compare_with else argument
+        for argument in sys.argv[1:]
+    ]
+    command = "python benchmarks/bench_gossip.py " + " ".join(arguments)
+    current = [row for row in rows if row.get("code", "this tree") == "this tree"]
+    largest = max(row["nodes"] for row in current)
+    verdicts = ", ".join(
+        f"{row['size_kb']:.0f} KB p95 {row['p95_s']:.2f} s" for row in current if row["nodes"] == largest
+    )
+    lines = [
+        f"Command: `{command}`",
+        f"Machine: {machine_summary()}; load average {load_average:.1f} before the last case.",
+        "",
+        "All hosts of a case run in **one Python process, so on one core** (in-process hosts). They are real",
+        "py-libp2p hosts with Noise and Yamux on 127.0.0.1, in a random sparse graph where each new host dials",
+        "3 earlier ones, and they keep releases in memory with the real strict decoder.",
+        "A run publishes one release: the author",
+        "stores it and gossips a signed announcement, every other host pulls the body over the sync protocol",
+        "from the peer that forwarded the announcement and forwards the announcement once the body is stored.",
+        "Time: from the publish until every host holds the body (p50 / p95 / max over the runs). \"by pull\" is",
+        "the share of bodies that arrived through the announcement pull rather than anti-entropy. Sync and",
+        "gossip KB exclude Noise and Yamux framing. \"CPU busy\" is process CPU time over wall time: at 100 %",
+        "the one core, not the network, sets the pace, because every host's work runs one after another.",
+    ]
+    if compare_with:
+        lines += [
+            "",
+            "Each case ran twice, interleaved so that both saw the same machine load: \"baseline\" is the code",
+            f"at {commit_label or compare_with}, \"this tree\" the current code. A checkout of an older commit",
+            "can be made with `git worktree add ../baseline <commit>`.",
+        ]
+    lines += ["", *format_table(rows), "", f"Target: at most 1 s (p95) until all {largest} hosts hold a release. "
+              f"This tree: {verdicts}. No release was missing at the end of any run."]
+    if note:
+        lines += ["", note]
+    write_section("Gossip: time until every node holds a release", "\n".join(lines))
 
 
 def main() -> None:
@@ -249,6 +311,14 @@ def main() -> None:
         "--profile", metavar="PATH",
         help="write a cProfile of the publish runs (not the start-up) of a single case to PATH",
     )
+    parser.add_argument(
+        "--compare-with", metavar="DIR",
+        help="also run every case with the code of another checkout in DIR (e.g. made by git worktree add), "
+        "interleaved with this tree's runs",
+    )
+    parser.add_argument("--commit-label", help="name of the --compare-with code in the recorded text, e.g. a commit id")
+    parser.add_argument("--record", action="store_true", help="rewrite the gossip section of docs/benchmarks.md")
+    parser.add_argument("--note", help="a paragraph added to the recorded section, e.g. what changed since the baseline")
     parser.add_argument("--case-json", help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
@@ -263,26 +333,33 @@ def main() -> None:
     cases = len(args.size_kb) * len(args.nodes)
     if args.profile and cases != 1:
         parser.error(f"--profile needs exactly one case (one --nodes and one --size-kb value), got {cases}")
+    baseline_script = None
+    if args.compare_with:
+        baseline_script = Path(args.compare_with).resolve() / "benchmarks" / "bench_gossip.py"
+        if not baseline_script.is_file():
+            parser.error(f"--compare-with {args.compare_with}: no benchmarks/bench_gossip.py there; give a checkout")
+
     rows = []
     for size_kb in args.size_kb:
         for nodes in args.nodes:
             case = dict(
                 nodes=nodes, size_kb=size_kb, runs=args.runs, topology=args.topology,
                 degree=args.degree, seed=args.seed, anti_entropy_s=tuple(args.anti_entropy_s),
-                profile_path=args.profile,
             )
             started = time.perf_counter()
-            completed = subprocess.run(
-                [sys.executable, __file__, "--case-json", json.dumps(case)],
-                capture_output=True, text=True, check=False,
-            )
-            if completed.returncode != 0:
-                print(completed.stderr[-4000:], file=sys.stderr)
-                raise SystemExit(f"case {case} failed with exit code {completed.returncode}")
-            rows.append(json.loads(completed.stdout.strip().splitlines()[-1]))
+            if baseline_script is not None:
+                rows.append({**run_child(baseline_script, case), "code": "baseline"})
+            rows.append({**run_child(Path(__file__), {**case, "profile_path": args.profile}), "code": "this tree"})
             print(f"# {nodes} hosts, {size_kb} KB: {time.perf_counter() - started:.1f} s wall", file=sys.stderr)
-    print(f"load average before the last case: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    print_table(rows)
+
+    load_average = os.getloadavg()[0]
+    print(f"load average before the last case: {load_average:.1f} on {os.cpu_count()} CPUs")
+    print("\n".join(format_table(rows)))
+    if args.record:
+        record(
+            rows, load_average=load_average, compare_with=args.compare_with, commit_label=args.commit_label,
+            note=args.note,
+        )
 
 
 if __name__ == "__main__":
