@@ -3,8 +3,8 @@
 Real NetworkService hosts on 127.0.0.1 with in-memory releases, and for the
 lying-peer cases a raw libp2p host that responds to the 1.1 requests with
 crafted messages. Each sync round is started by hand with
-``sync.pull_missing`` after the releases are in place, so that a test sees
-exactly one round; the periodic rounds are set to 60 s.
+``sync.pull_missing`` after the releases are in place, so that each check
+covers exactly one round. The periodic rounds are set to 60 s.
 """
 
 from __future__ import annotations
@@ -219,7 +219,7 @@ def test_peer_speaking_1_0_still_syncs_latest():
             new.releases.accept(HISTORY[5])
 
             result = await new.service.sync.pull_missing(old.host.get_id())
-            # Protocol 1.0 knows only "above the latest sequence": the gap stays.
+            # Protocol 1.0 pulls only sequences above the latest one, so the gap stays.
             assert result.accepted == 0
             assert new.service.statistics()["total"]["errors"] == {}
             more = make_release(AUTHOR_KEY, sequence=7, seed=7)[0]
@@ -331,4 +331,40 @@ def test_store_release_index_matches_memory(tmp_path):
     for after, limit in ((0, 10), (2, 10), (0, 2)):
         assert store.release_index(AUTHOR, after=after, limit=limit) == memory.release_index(AUTHOR, after=after, limit=limit)
     assert store.release_index(AUTHOR, after=0, limit=10)[0] == (2, release_id(HISTORY[1]))
+    store.close()
+
+
+def test_store_backed_node_fills_gap(tmp_path):
+    """A node whose releases live in SQLite repairs a gap through Store.release_index."""
+    key = fixed_key(2)
+    store = Store.create(tmp_path / "node.sqlite", node_public_key=key.public_key().public_bytes_raw())
+
+    def accept(data: bytes, *, from_peer: str) -> ReleaseVerdict:
+        new = store.add_release(data, decode_release(data), own=False, source_peer=from_peer)
+        return ReleaseVerdict.ACCEPTED if new else ReleaseVerdict.DUPLICATE
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            holder = await start_node(nursery, 1)
+            lagging = NetworkService(
+                private_key=key,
+                config=make_config(bootstrap_addrs=tuple(holder.service.addresses())),
+                releases=store,
+                accept_release=accept,
+            )
+            await nursery.start(lagging.run)
+            assert lagging.sync.protocols == (SYNC_PROTOCOL_ID_V1_1, SYNC_PROTOCOL_ID)
+            await wait_until(lambda: lagging.peers() and not lagging._syncing)
+            for data in HISTORY:
+                holder.releases.accept(data)
+            for data in (HISTORY[0], HISTORY[3], HISTORY[5]):
+                accept(data, from_peer="local")
+
+            result = await lagging.sync.pull_missing(holder_peer_id(holder))
+            assert result.accepted == 3
+            assert [sequence for sequence, _ in store.release_index(AUTHOR, after=0, limit=10)] == [1, 2, 3, 4, 5, 6]
+            holder.service.stop()
+            lagging.stop()
+
+    trio.run(main)
     store.close()
