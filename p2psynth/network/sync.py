@@ -426,8 +426,10 @@ class SyncProtocol:
     # Initiator ---------------------------------------------------------------
 
     async def pull_missing(self, peer_id: ID) -> PullResult:
-        """Exchange HAVE maps with ``peer_id`` and pull every release it holds beyond ours.
+        """Exchange SUMMARY maps with ``peer_id`` (HAVE with a 1.0 peer) and pull every release we lack.
 
+        First the releases above our latest sequence of each author, then
+        (protocol 1.1) those missing inside our copy of an author's history.
         Bounded by ``session_timeout_s`` and ``max_requests_per_session``;
         whatever is left is pulled in a later round. Raises SyncProtocolError
         (already counted) when the session fails.
