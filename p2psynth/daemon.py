@@ -436,6 +436,15 @@ class _PullSource:
     def get_release(self, rid: bytes) -> bytes | None:
         return self._store.get_release(rid)
 
+    def release_index(self, author: bytes, *, after: int, limit: int) -> list[tuple[int, bytes]]:
+        """List (sequence, release id) of an author's stored releases above ``after``.
+
+        Having this method turns on sync protocol 1.1, whose anti-entropy also
+        fills gaps inside an author's history (a round-1 release missed while
+        round 2 arrived, say).
+        """
+        return self._store.release_index(author, after=after, limit=limit)
+
 
 def read_status(config_path: Path) -> dict:
     """Return the status snapshot a running daemon keeps; raise ConfigError if none."""

@@ -180,3 +180,28 @@ def test_node_killed_between_rounds_finishes_its_epoch(three_node_files, adult_s
     assert budget["epsilon_spent"] == pytest.approx(1.0, rel=1e-9)
     rounds = [r.round for r in _own_releases(first.folder / "store.sqlite")]
     assert rounds == [1, 2, 3]
+
+
+def test_anti_entropy_fills_a_gap_in_an_epoch(three_node_files, adult_schema_path):
+    """A node holding only round 3 of a member's epoch gets rounds 1 and 2 without a new publish."""
+    root, paths = three_node_files
+    nodes = create_local_network(root / "gap", data_paths=paths[:2], schema_path=adult_schema_path, round_wait_s=1.0)
+    author, holder = nodes
+    with LocalNetwork(nodes, anti_entropy_s=(1.0, 2.0)) as net:
+        net.start(author)
+        net.wait_started([author], timeout_s=TIMEOUT_S)
+        with Client.from_node_config(author.config_path) as client:
+            client.publish()
+        net.wait_until(lambda: ((author.status() or {}).get("rounds") or {}).get("round") == 3
+                       and author.status()["rounds"]["state"] == "done",
+                       timeout_s=TIMEOUT_S, what="the author to publish three rounds alone")
+
+        with Store.open(author.folder / "store.sqlite") as store:
+            last = store.own_releases()[-1]
+        with Store.open(holder.folder / "store.sqlite") as store:
+            store.add_release(last.data, decode_release(last.data))
+
+        net.start(holder)
+        net.wait_until(lambda: ((holder.status() or {}).get("releases") or {}).get("stored") == 3,
+                       timeout_s=TIMEOUT_S, what="the holder to fill rounds 1 and 2 in")
+        net.wait_until(lambda: net.converged(releases=3), timeout_s=TIMEOUT_S, what="one model on both nodes")
