@@ -195,14 +195,15 @@ def _run_section(result: RunResult) -> list[str]:
                     "their release)" if behind else "") + ":")
     lines.append("")
     sent = _final_values(result, "bytes_sent")
-    lines += ["| node | rows | model | TVD 1-way | TVD 2-way | TVD 3-way | AUC | bytes sent | epsilon spent | "
-              "own releases | releases stored |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    gossip = _final_values(result, "gossip_bytes_sent")
+    lines += ["| node | rows | model | TVD 1-way | TVD 2-way | TVD 3-way | AUC | sync bytes sent | gossip bytes sent "
+              "| epsilon spent | own releases | releases stored |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for position, (name, budget) in enumerate(budgets.items()):
         q = quality.get(name, {})
         rows = split[position]["rows"] if position < len(split) else ""
         lines.append(
             f"| {name} | {rows} | {q.get('model', '-')} | {_fmt(q.get('tvd_1way'))} | {_fmt(q.get('tvd_2way'))} | "
-            f"{_fmt(q.get('tvd_3way'))} | {_fmt(q.get('auc'))} | {sent.get(name, '-')} | "
+            f"{_fmt(q.get('tvd_3way'))} | {_fmt(q.get('auc'))} | {sent.get(name, '-')} | {gossip.get(name, '-')} | "
             f"{budget['epsilon_spent']:.3f} | {budget['releases']} | {budget['stored']} |"
         )
     lines.append("")

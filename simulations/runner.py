@@ -425,6 +425,7 @@ class ScenarioRun:
             total = ((status.get("network") or {}).get("total")) or {}
             self._record(metric="bytes_sent", node=node.name, value=total.get("bytes_sent", 0))
             self._record(metric="bytes_received", node=node.name, value=total.get("bytes_received", 0))
+            self._record(metric="gossip_bytes_sent", node=node.name, value=total.get("gossip_bytes_sent", 0))
             for reason, count in ((status.get("rejections") or {}).get("by_reason") or {}).items():
                 self._record(metric=f"rejected:{reason}", node=node.name, value=count)
             for reason, count in ((total.get("errors")) or {}).items():
