@@ -34,7 +34,7 @@ def _own_releases(store_path: Path) -> list:
         return [decode_release(stored.data) for stored in store.own_releases()]
 
 
-def test_rounds_wait_for_members_refuse_a_second_epoch_and_resume(tmp_path, adult_data_path, adult_schema_path):
+def test_rounds_wait_block_second_epoch_resume(tmp_path, adult_data_path, adult_schema_path):
     data = write_small_adult(tmp_path / "adult-small.csv", adult_data_path, rows=2000)
     config = make_node(tmp_path / "alone", data_path=data, schema_path=adult_schema_path, strategy="rounds")
     own = public_key_bytes(load_private_key(config.key_file))
@@ -48,12 +48,14 @@ def test_rounds_wait_for_members_refuse_a_second_epoch_and_resume(tmp_path, adul
         with api_client(daemon) as client:
             first = client.post("/v1/publish", json={})
             assert first.status_code == 200, first.text
-            assert first.json()["round"] == 1 and first.json()["rounds_to_follow"] == [2, 3]
+            assert first.json()["round"] == 1
+            assert first.json()["rounds_to_follow"] == [2, 3]
             rounds = wait_for(
                 lambda: (r := client.get("/v1/status").json()["rounds"])["state"] == "waiting" and r,
                 timeout_s=30, what="round 2 to wait for the absent member",
             )
-            assert rounds["round"] == 2 and rounds["waiting_for"] == ["absent"]
+            assert rounds["round"] == 2
+            assert rounds["waiting_for"] == ["absent"]
 
             again = client.post("/v1/publish", json={})
             assert again.status_code == 409

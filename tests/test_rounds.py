@@ -67,7 +67,7 @@ class Member:
 
 
 def _choose(member: Member, round_number: int, current, members, *, deadline_passed=False, held=None):
-    held = {e.release_id: e for e in current} if held is None else held
+    stored = {e.release_id: e for e in current} if held is None else held
     return choose_basis(
         round_number,
         domain=DOMAIN,
@@ -76,7 +76,7 @@ def _choose(member: Member, round_number: int, current, members, *, deadline_pas
         own_previous=member.entries[round_number - 1],
         current=current,
         expected_authors={m.author for m in members},
-        lookup=held.get,
+        lookup=stored.get,
         deadline_passed=deadline_passed,
     )
 
@@ -104,7 +104,7 @@ def three_members() -> list[Member]:
     return members
 
 
-def test_round_two_waits_for_every_member_until_the_deadline():
+def test_round_two_waits_until_deadline():
     members = [Member(seed) for seed in (11, 12, 13)]
     for member in members[:2]:
         member.publish(plan_round_one(DOMAIN, rho=RHO, config=CONFIG))
@@ -119,7 +119,7 @@ def test_round_two_waits_for_every_member_until_the_deadline():
     assert late.basis == tuple(sorted(e.release_id for e in current))
 
 
-def test_round_two_basis_is_every_round_one_release_when_all_arrived():
+def test_round_two_basis_all_round_one():
     members = [Member(seed) for seed in (21, 22, 23)]
     for member in members:
         member.publish(plan_round_one(DOMAIN, rho=RHO, config=CONFIG))
@@ -152,7 +152,7 @@ def test_late_member_adopts_the_basis_the_others_used():
     assert fallback.basis != early
 
 
-def test_round_three_basis_holds_round_one_and_matching_round_two(three_members):
+def test_round_three_basis_contents(three_members):
     entries = [e for m in three_members for e in m.entries.values()]
     round_two_basis = three_members[0].entries[2].release.basis
     for member in three_members:
@@ -225,7 +225,8 @@ def test_assembled_model_samples_full_resolution_codes(three_members):
 
     rows = model.sample(20000, seed=5)
     assert rows.shape == (20000, 4)
-    assert rows[:, 0].max() < 40 and len(np.unique(rows[:, 0])) > 20
+    assert rows[:, 0].max() < 40
+    assert len(np.unique(rows[:, 0])) > 20
     real = np.concatenate([m.codes for m in three_members])
     real_age = np.bincount(real[:, 0], minlength=40) / len(real)
     synthetic_age = np.bincount(rows[:, 0], minlength=40) / len(rows)
