@@ -99,6 +99,7 @@ class NodeDaemon:
             debounce_s=options.model_debounce_s,
             incomplete_debounce_s=options.model_incomplete_debounce_s,
             members=lambda: set(self.members.by_key),
+            releases_per_epoch=3 if config.publish.strategy == "rounds" else 1,
         )
         self.network = NetworkService(
             private_key=self.node.key,

@@ -6,9 +6,10 @@ the model was fitted to, and the fit itself runs in a worker thread, so the
 networking tasks keep running while a model is fitted. Bursts of arriving
 releases are debounced: a refit starts once no new release has arrived for
 ``debounce_s`` (or after ``max_delay_s`` at the latest). While some members
-have no release yet, the quiet period is ``incomplete_debounce_s`` instead,
-because members that publish together would otherwise cost one full fit per
-arrival. Only releases of current members are used, so removing a key from
+have no release yet, or fewer than ``releases_per_epoch`` in their current
+epoch (mid-way through the measurement rounds), the quiet period is
+``incomplete_debounce_s`` instead, because members that publish together
+would otherwise cost one full fit per arrival. Only releases of current members are used, so removing a key from
 the members file removes its releases from the next model.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -61,6 +63,7 @@ class ModelKeeper:
         max_delay_s: float = 15.0,
         members: Callable[[], set[bytes]] | None = None,
         poll_s: float = 5.0,
+        releases_per_epoch: int = 1,
     ) -> None:
         self._store = store
         self._domain = domain
@@ -72,6 +75,9 @@ class ModelKeeper:
         # Returns the current member keys; None uses every stored author.
         self._members = members
         self._poll_s = poll_s
+        # Releases of a finished epoch (3 with the round strategy): a member with
+        # fewer is mid-epoch, so more of its releases are on the way.
+        self._releases_per_epoch = releases_per_epoch
         # Set whenever a release was stored; cleared when a refit starts.
         self._changed = trio.Event()
         self.state = ModelState(None, None, (), None, None, "no model fitted yet", None)
@@ -104,10 +110,15 @@ class ModelKeeper:
         return key
 
     def _quiet_period_s(self) -> float:
+        """Return the debounce: longer while some member has no release or is mid-epoch."""
         if self._members is None:
             return self._debounce_s
-        authors = {author for _, author in self.current_keys()}
-        return self._debounce_s if authors >= self._members() else self._incomplete_debounce_s
+        per_author = Counter(author for _, author in self.current_keys())
+        members = self._members()
+        complete = set(per_author) >= members and all(
+            per_author[author] >= self._releases_per_epoch for author in members
+        )
+        return self._debounce_s if complete else self._incomplete_debounce_s
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         self._load_latest_model_file()
