@@ -19,6 +19,7 @@ from __future__ import annotations
 import hmac
 import logging
 import math
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +28,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from p2psynth.errors import BudgetExceededError, LedgerError, ModelError, P2PSynthError, RoundInProgressError
+from p2psynth.errors import BudgetExceededError, ConfigError, LedgerError, ModelError, P2PSynthError, RoundInProgressError
 from p2psynth.synthesize import MAX_ROWS, conditions_from_values, encode_chunks, parse_where, sample_chunks
 
 log = logging.getLogger(__name__)
@@ -220,11 +221,29 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _check_port_free(host: str, port: int, *, config_path) -> None:
+    """Raise ConfigError naming the setting when another process listens on the API address."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"{config_path}: api.listen {host}:{port} cannot be used ({exc.strerror}); another node or "
+                "program listens there. Give each node on this machine its own port in [api] listen "
+                "('p2psynth init --api-port N' sets it)"
+            ) from None
+
+
 async def serve_api(daemon, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the API until cancelled; ``task_status.started(port)`` once it listens."""
     from hypercorn.config import Config
     from hypercorn.trio import serve
 
+    _check_port_free(daemon.config.api.host, daemon.config.api.port, config_path=daemon.config.path)
     app = create_app(daemon)
     config = Config()
     host = daemon.config.api.host

@@ -477,8 +477,24 @@ def run_daemon(config_path: Path, *, options: DaemonOptions = DaemonOptions()) -
             await daemon.run()
             nursery.cancel_scope.cancel()
 
-    trio.run(main)
+    try:
+        trio.run(main)
+    except BaseExceptionGroup as group:
+        # Nurseries wrap errors in groups; a user error raised while starting
+        # (such as an API port in use) reaches the CLI as its one-line message.
+        raise _first_user_error(group) or group from None
     return 0
+
+
+def _first_user_error(group: BaseExceptionGroup) -> P2PSynthError | None:
+    for error in group.exceptions:
+        if isinstance(error, P2PSynthError):
+            return error
+        if isinstance(error, BaseExceptionGroup):
+            found = _first_user_error(error)
+            if found is not None:
+                return found
+    return None
 
 
 async def _stop_on_signal(daemon: NodeDaemon) -> None:

@@ -29,7 +29,7 @@ from p2psynth.assembly import ReleaseEntry
 from p2psynth.errors import P2PSynthError, RoundInProgressError, StoreError
 from p2psynth.nodefolder import PublishedRelease, measure_round_and_publish, open_node
 from p2psynth.release import decode_release, release_id
-from p2psynth.rounds import FINAL_ROUND, BasisChoice, Waiting, choose_basis, plan_from_basis, plan_round_one
+from p2psynth.rounds import FINAL_ROUND, FRESH_WAITS, BasisChoice, Waiting, choose_basis, plan_from_basis, plan_round_one
 from p2psynth.strategy import StrategyConfig
 
 log = logging.getLogger(__name__)
@@ -129,8 +129,10 @@ class RoundRunner:
                 own = await trio.to_thread.run_sync(self._own_latest_epoch)
                 if round_number in own:
                     continue
-                choice = await self._wait_for_basis(round_number, own[round_number - 1])
-                self.state.round, self.state.state = round_number, "measuring"
+                # Other members' epochs that started long before this one belong to an earlier network epoch.
+                fresh_after_ms = own[1].release.created_at_ms - int(FRESH_WAITS * self._round_wait_s * 1000)
+                choice = await self._wait_for_basis(round_number, own[round_number - 1], fresh_after_ms)
+                self.state.round, self.state.state, self.state.waiting_for = round_number, "measuring", []
                 self.state.basis_method[round_number] = choice.method
                 published = await trio.to_thread.run_sync(self._publish_round, epoch, rho, choice)
                 self._on_published(published)
@@ -149,14 +151,14 @@ class RoundRunner:
             self._running = False
             self.state.waiting_for, self.state.deadline_at_ms = [], None
 
-    async def _wait_for_basis(self, round_number: int, own_previous: ReleaseEntry) -> BasisChoice:
+    async def _wait_for_basis(self, round_number: int, own_previous: ReleaseEntry, fresh_after_ms: int) -> BasisChoice:
         deadline = trio.current_time() + self._round_wait_s
         self.state.round, self.state.state = round_number, "planning"
         self.state.deadline_at_ms = time.time_ns() // 1_000_000 + int(self._round_wait_s * 1000)
         while True:
             self._arrivals = trio.Event()
             passed = trio.current_time() >= deadline
-            choice = await trio.to_thread.run_sync(self._choose, round_number, own_previous, passed)
+            choice = await trio.to_thread.run_sync(self._choose, round_number, own_previous, passed, fresh_after_ms)
             if isinstance(choice, BasisChoice):
                 return choice
             names = [self._daemon.members.name_of(key) for key in choice.missing]
@@ -182,7 +184,9 @@ class RoundRunner:
             )
             return measure_round_and_publish(node, plan, epoch=epoch, basis=choice.basis)
 
-    def _choose(self, round_number: int, own_previous: ReleaseEntry, deadline_passed: bool) -> BasisChoice | Waiting:
+    def _choose(
+        self, round_number: int, own_previous: ReleaseEntry, deadline_passed: bool, fresh_after_ms: int
+    ) -> BasisChoice | Waiting:
         daemon = self._daemon
         with open_node(daemon.config.path) as node:
             flagged = set(node.store.flagged_authors())
@@ -207,6 +211,7 @@ class RoundRunner:
                 expected_authors=members,
                 lookup=lookup,
                 deadline_passed=deadline_passed,
+                fresh_after_ms=fresh_after_ms,
             )
 
     def _own_latest_epoch(self) -> dict[int, ReleaseEntry]:

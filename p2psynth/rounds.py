@@ -25,6 +25,14 @@ How a member chooses the basis of its next round (``choose_basis``):
    different bases; assembly then fits the plan most members used and leaves
    the other measurements out (p2psynth/assembly.py).
 
+Only members whose current epoch is *fresh* count in steps 1 to 3: its round-1
+release was created at most ``FRESH_WAITS`` round waits before this member's
+round 1 (with the default wait of 300 s, 15 minutes). Members that start
+their epochs within that window form one network epoch, which covers a member
+that publishes after the others went through both rounds' deadlines. Earlier
+epochs are neither waited for nor adopted, so a new epoch plans from new data
+instead of repeating the first epoch's plan forever.
+
 For round 3 the basis holds the round-1 releases of this member's round-2
 basis (the model grouping comes from their sum) and the round-2 releases that
 share that round-2 basis (the tree is chosen from their sum): round-2 counts
@@ -58,6 +66,8 @@ from p2psynth.strategy import (
 log = logging.getLogger(__name__)
 
 FINAL_ROUND = 3
+# Round waits before this member's round 1 within which other members' epochs belong to the same network epoch.
+FRESH_WAITS = 3
 
 
 @dataclass(frozen=True)
@@ -134,6 +144,7 @@ def choose_basis(
     expected_authors: Iterable[bytes],
     lookup: Callable[[bytes], ReleaseEntry | None],
     deadline_passed: bool,
+    fresh_after_ms: int | None = None,
 ) -> BasisChoice | Waiting:
     """Decide the basis of this member's round ``round_number`` (2 or 3), or that it must wait.
 
@@ -141,7 +152,12 @@ def choose_basis(
     epoch being measured. ``current`` contains the current releases (each
     author's highest epoch) of the members that count. ``expected_authors``
     are the members waited for, and ``lookup`` finds a stored release by id.
+    A member whose current epoch started (its round-1 release, else its
+    oldest current release) before ``fresh_after_ms`` belongs to an earlier
+    network epoch and is ignored.
     """
+    if fresh_after_ms is not None:
+        current = _fresh_entries(current, own_author=own_author, fresh_after_ms=fresh_after_ms)
     adopted = _adoptable_basis(round_number, domain=domain, config=config, own_author=own_author,
                                current=current, lookup=lookup)
     if adopted is not None:
@@ -166,6 +182,24 @@ def choose_basis(
     if round_number == FINAL_ROUND:
         ids |= set(own_previous.release.basis)
     return BasisChoice(round_number, tuple(sorted(ids)), "deadline" if missing else "complete")
+
+
+def _fresh_entries(
+    current: Sequence[ReleaseEntry], *, own_author: bytes, fresh_after_ms: int
+) -> list[ReleaseEntry]:
+    """Keep this member's entries and those of members whose current epoch started after ``fresh_after_ms``."""
+    oldest: dict[bytes, int] = {}
+    round_one_at: dict[bytes, int] = {}
+    for entry in current:
+        author, created = entry.release.author, entry.release.created_at_ms
+        oldest[author] = min(oldest.get(author, created), created)
+        if entry.release.round == 1:
+            round_one_at[author] = created
+    started = {author: round_one_at.get(author, oldest[author]) for author in oldest}
+    return [
+        entry for entry in current
+        if entry.release.author == own_author or started[entry.release.author] >= fresh_after_ms
+    ]
 
 
 def _matches(entry: ReleaseEntry, own_previous: ReleaseEntry, round_number: int) -> bool:

@@ -446,3 +446,25 @@ def test_blocked_peers_set_and_lift(ready):
     lifted = ready.put("/v1/peers/blocked", json={"public_keys": []})
     assert lifted.status_code == 200
     assert lifted.json()["blocked"] == []
+
+
+def test_api_port_in_use_one_line_error(tmp_path, adult_data_path, adult_schema_path):
+    import socket
+    import subprocess
+    import sys
+
+    config = make_node(tmp_path / "busy", data_path=adult_data_path, schema_path=adult_schema_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        text = config.path.read_text(encoding="utf-8").replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"')
+        config.path.write_text(text, encoding="utf-8")
+        result = subprocess.run(
+            [sys.executable, "-m", "p2psynth", "node", "run", "--config", str(config.path)],
+            capture_output=True, text=True, timeout=120,
+        )
+    assert result.returncode == 1
+    assert f"api.listen 127.0.0.1:{port} cannot be used" in result.stderr
+    assert "--api-port" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -109,8 +109,10 @@ def three_node_files(tmp_path_factory, adult_data_path):
 
 def test_late_member_adopts_the_plan_and_all_converge(three_node_files, adult_schema_path):
     root, paths = three_node_files
+    # The early nodes wait this long for the late one; the late one then publishes within
+    # the same window, so the early nodes' releases count as its network epoch.
     nodes = create_local_network(
-        root / "nodes", data_paths=paths, schema_path=adult_schema_path, round_wait_s=3.0
+        root / "nodes", data_paths=paths, schema_path=adult_schema_path, round_wait_s=10.0
     )
     with LocalNetwork(nodes, anti_entropy_s=(1.0, 2.0)) as net:
         net.start_all()

@@ -42,6 +42,7 @@ class Member:
         self.codes = _table(seed)
         self.random = SecureRandom(seed=seed.to_bytes(32, "little"))
         self.entries: dict[int, ReleaseEntry] = {}
+        self.created_at_ms = 1_700_000_000_000
 
     def publish(self, plan: RoundPlan, basis: tuple[bytes, ...] = ()) -> ReleaseEntry:
         codes, domain, grouping = self.codes, DOMAIN, ()
@@ -53,7 +54,7 @@ class Member:
             author=self.author,
             sequence=plan.round,
             epoch=1,
-            created_at_ms=1_700_000_000_000,
+            created_at_ms=self.created_at_ms,
             rho=plan.rho,
             measurements=tuple(measurements),
             basis=tuple(basis),
@@ -66,7 +67,8 @@ class Member:
         return entry
 
 
-def _choose(member: Member, round_number: int, current, members, *, deadline_passed=False, held=None):
+def _choose(member: Member, round_number: int, current, members, *, deadline_passed=False, held=None,
+            fresh_after_ms=None):
     stored = {e.release_id: e for e in current} if held is None else held
     return choose_basis(
         round_number,
@@ -78,6 +80,7 @@ def _choose(member: Member, round_number: int, current, members, *, deadline_pas
         expected_authors={m.author for m in members},
         lookup=stored.get,
         deadline_passed=deadline_passed,
+        fresh_after_ms=fresh_after_ms,
     )
 
 
@@ -150,6 +153,35 @@ def test_late_member_adopts_the_basis_the_others_used():
     fallback = _choose(members[2], 2, current, members, held=missing_one)
     assert isinstance(fallback, BasisChoice) and fallback.method == "complete"
     assert fallback.basis != early
+
+
+def test_earlier_epoch_neither_adopted_nor_waited_for():
+    members = [Member(seed) for seed in (51, 52, 53)]
+    for member in members:
+        member.publish(plan_round_one(DOMAIN, rho=RHO, config=CONFIG))
+    first_epoch = tuple(sorted(m.entries[1].release_id for m in members))
+    held = {m.entries[1].release_id: m.entries[1] for m in members}
+    plan = plan_from_basis(DOMAIN, [held[r] for r in first_epoch], round_number=2, rho=RHO, config=CONFIG)
+    for member in members[:2]:
+        member.publish(plan, first_epoch)
+
+    # A day later the third member starts a new epoch alone.
+    late = members[2]
+    late.created_at_ms += 86_400_000
+    late.publish(plan_round_one(DOMAIN, rho=RHO, config=CONFIG))
+    current = [e for m in members[:2] for e in m.entries.values()] + [late.entries[1]]
+    stored = {e.release_id: e for e in current} | held
+
+    same_epoch = _choose(late, 2, current, members, held=stored)
+    assert same_epoch.method == "adopted"
+
+    window_start = late.created_at_ms - 300_000
+    waiting = _choose(late, 2, current, members, held=stored, fresh_after_ms=window_start)
+    assert isinstance(waiting, Waiting)
+    assert waiting.missing == tuple(sorted(m.author for m in members[:2]))
+
+    alone = _choose(late, 2, current, members, held=stored, fresh_after_ms=window_start, deadline_passed=True)
+    assert alone == BasisChoice(2, (late.entries[1].release_id,), "deadline")
 
 
 def test_round_three_basis_contents(three_members):
