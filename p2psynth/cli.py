@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -79,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--out", type=Path, help="release file to write (default: a file in releases/)")
     measure.set_defaults(handler=_run_measure)
 
-    inspect = commands.add_parser("inspect", help="verify a release file and summarize it")
-    inspect.add_argument("release", type=Path, help="release file (.p2pr)")
+    inspect = commands.add_parser("inspect", help="verify release files and summarize them")
+    inspect.add_argument("releases", type=Path, nargs="+", metavar="RELEASE", help="release files (.p2pr)")
     inspect.add_argument("--schema", type=Path, help="schema TOML to check the release against")
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
     inspect.set_defaults(handler=_run_inspect)
@@ -256,11 +257,13 @@ def _run_measure(args: argparse.Namespace) -> int:
 def _run_inspect(args: argparse.Namespace) -> int:
     from p2psynth.inspection import summarize_release_file
 
-    summary = summarize_release_file(args.release, schema_path=args.schema)
+    summaries = [summarize_release_file(path, schema_path=args.schema) for path in args.releases]
     if args.json:
-        print(json.dumps(summary.as_dict(), indent=2))
+        # One file gives one object, as before; several give a list.
+        facts = [summary.as_dict() for summary in summaries]
+        print(json.dumps(facts[0] if len(facts) == 1 else facts, indent=2))
     else:
-        print(summary.as_text())
+        print("\n\n".join(summary.as_text() for summary in summaries))
     return 0
 
 
@@ -337,7 +340,7 @@ def _run_status(args: argparse.Namespace) -> int:
     rejections = (status.get("rejections") or {}).get("by_reason") or {}
     state = "running" if status.get("running") else "not running"
     print(f"node {status.get('node')} ({state}, pid {status.get('pid')})")
-    print(f"  public key:  {status.get('public_key')}")
+    print(f"  public key:  {status.get('public_key')} (fingerprint {status.get('fingerprint')})")
     print(f"  peer id:     {status.get('peer_id')}")
     for address in status.get("addresses") or []:
         print(f"  address:     {address}")
@@ -353,6 +356,9 @@ def _run_status(args: argparse.Namespace) -> int:
         line = f"epoch {rounds['epoch']}, round {rounds.get('round')} {rounds.get('state')}"
         if rounds.get("waiting_for"):
             line += f", waiting for {', '.join(rounds['waiting_for'])}"
+            if rounds.get("deadline_at_ms"):
+                remaining_s = max(0, round(rounds["deadline_at_ms"] / 1000 - time.time()))
+                line += f" (goes on without them in {remaining_s} s)"
         if rounds.get("error"):
             line += f" ({rounds['error']})"
         print(f"  rounds:      {line}")

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2psynth.accounting import rho_from_epsilon
-from p2psynth.errors import ConfigError, PrivacyError
+from p2psynth.errors import ConfigError, PrivacyError, RoundInProgressError
 from p2psynth.identity import create_private_key, load_private_key, public_key_bytes
 from p2psynth.ledger import BudgetLedger
 from p2psynth.measurement import MeasurementResult, measure_marginals, measure_mst
@@ -163,6 +163,7 @@ def measure_and_publish(
     config = node.config
     epsilon = config.privacy.release_epsilon if epsilon is None else float(epsilon)
     rho = rho_from_epsilon(epsilon, config.privacy.delta)
+    _refuse_during_rounds(node)
     node.ledger.check_affordable(rho)
 
     schema, encoded = _read_table(node, data_path)
@@ -215,6 +216,26 @@ def measure_round_and_publish(
     )
     pairs = tuple(s for s in plan.attribute_sets if len(s) == 2)
     return _write_release(node, data, release, None, encoded, pairs)
+
+
+def _refuse_during_rounds(node: OpenNode) -> None:
+    """Raise RoundInProgressError while the node's latest epoch has measurement rounds to go.
+
+    An MST release starts a new epoch, which would replace the unfinished
+    one in every model and waste the budget its rounds already spent.
+    """
+    from p2psynth.release import decode_release
+
+    epoch = node.store.max_own_epoch()
+    rounds = {
+        decode_release(stored.data).round for stored in node.store.own_releases() if stored.epoch == epoch
+    }
+    if 1 in rounds and 3 not in rounds:
+        raise RoundInProgressError(
+            f"epoch {epoch} of this node is in its measurement rounds (published: {sorted(rounds)}); "
+            "a release now would start a new epoch and waste the budget of those rounds. Start the daemon "
+            f"('p2psynth node run --config {node.config.path}') to finish the epoch, then publish"
+        )
 
 
 def _read_table(node: OpenNode, data_path: Path | None):

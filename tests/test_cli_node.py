@@ -63,6 +63,13 @@ def test_measure_then_inspect(node, capsys):
     assert summary["sequence"] == 1
     assert abs(summary["epsilon_at_delta_1e-9"] - 1.0) < 1e-6
     assert len(summary["measurements"]) >= 15
+    assert summary["round"] == 0
+    assert summary["grouping"] == {}
+
+    # Several files (a shell glob over releases/) give one summary each.
+    assert main(["inspect", str(files[0]), str(files[0]), "--json"]) == 0
+    both = json.loads(capsys.readouterr().out)
+    assert [item["release_id"] for item in both] == [summary["release_id"]] * 2
 
 
 def test_inspect_checks_schema(node, adult_schema_path, tmp_path, capsys):

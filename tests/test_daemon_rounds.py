@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from p2psynth.cli import main as cli_main
 from p2psynth.client import Client
 from p2psynth.identity import load_private_key, public_key_bytes
 from p2psynth.localnet import LocalNetwork, create_local_network
@@ -34,7 +35,7 @@ def _own_releases(store_path: Path) -> list:
         return [decode_release(stored.data) for stored in store.own_releases()]
 
 
-def test_rounds_wait_block_second_epoch_resume(tmp_path, adult_data_path, adult_schema_path):
+def test_rounds_wait_block_second_epoch_resume(tmp_path, capsys, adult_data_path, adult_schema_path):
     data = write_small_adult(tmp_path / "adult-small.csv", adult_data_path, rows=2000)
     config = make_node(tmp_path / "alone", data_path=data, schema_path=adult_schema_path, strategy="rounds")
     own = public_key_bytes(load_private_key(config.key_file))
@@ -64,6 +65,11 @@ def test_rounds_wait_block_second_epoch_resume(tmp_path, adult_data_path, adult_
             assert budget["releases"] == 1
     finally:
         harness.stop()
+
+    # An offline MST release would start a new epoch and waste round 1's budget.
+    assert cli_main(["measure", "--config", str(config.path)]) == 1
+    assert "is in its measurement rounds" in capsys.readouterr().err
+    assert len(_own_releases(config.store_file)) == 1
 
     # Restarted with a short wait, the node resumes epoch 1 and finishes it alone.
     _set_round_wait(config.path, 1.0)
