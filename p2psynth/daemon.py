@@ -243,9 +243,9 @@ class NodeDaemon:
     async def publish(self, *, epsilon: float | None = None) -> dict:
         """Measure the private table, debit the ledger, store and announce a release.
 
-        With the "rounds" strategy this publishes round 1 of a new epoch; the
-        daemon publishes rounds 2 and 3 by itself once the other members'
-        releases arrive (or the round's wait ends).
+        With the "rounds" strategy this publishes round 1 of a new epoch. The
+        daemon then publishes rounds 2 and 3 by itself, once the other
+        members' releases arrive or the round's wait ends.
         """
         async with self._publish_lock:
             if self.rounds is not None and self._nursery is not None:
