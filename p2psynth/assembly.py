@@ -18,8 +18,8 @@ round present, and sampled at full resolution through an expansion (each
 group's codes drawn by the shares of the summed full-resolution 1-way
 counts). A measurement on a grouping that refines the working grouping (full
 resolution refines every grouping) is summed into working groups; one on a
-grouping that does not cannot be expressed in working cells and is left out,
-listed in the provenance. Round-2 releases only choose round 3's pairs and are
+grouping that does not nest cannot be expressed in working cells, so it is
+left out and listed in the provenance. Round-2 releases only choose round 3's pairs and are
 never fitted (they measure every pair, which would make one clique of all
 attributes); the provenance lists them as selection-only.
 
@@ -167,8 +167,8 @@ def working_grouping(used: Sequence[ReleaseEntry]) -> Grouping:
     if not grouped:
         return ()
     top = max(release.round for release in grouped)
-    votes = Counter(release.grouping for release in {(r.author, r.grouping): r for r in grouped
-                                                      if r.round == top}.values())
+    voters = {(release.author, release.grouping) for release in grouped if release.round == top}
+    votes = Counter(grouping for _, grouping in voters)
     return min(votes, key=lambda grouping: (-votes[grouping], grouping))
 
 

@@ -3,13 +3,15 @@
 ``RoundRunner.start_epoch`` measures round 1 and returns at once. A task then
 waits for the other members' releases, chooses each next round's basis with
 ``p2psynth.rounds.choose_basis`` and publishes the round. Reading the store,
-planning and measuring run in worker threads (each opens its own SQLite
-connection), so the event loop keeps serving peers meanwhile.
+planning and measuring run in worker threads. Each opens its own SQLite
+connection (only the store, unless it publishes), so the event loop keeps
+serving peers meanwhile.
 
-A node that stops between rounds resumes at start-up: its latest epoch's
-releases tell which round comes next, and round 1's rho tells the epoch's
-budget (round 1 spends a fixed share of it). The ledger debits each round as
-it is published; round 1 first checks that the whole epoch fits the budget.
+A node that stops between rounds resumes at start-up. Its latest epoch's
+releases show which round comes next, and round 1's rho gives the epoch's
+budget, because round 1 spends a fixed share of it. The ledger debits each
+round as it is published, and round 1 first checks that the whole epoch fits
+the budget.
 
 Failures of a round (budget, a plan that cannot be made) are logged and shown
 in the status under ``rounds``; they never stop the daemon.
@@ -30,6 +32,7 @@ from p2psynth.errors import P2PSynthError, RoundInProgressError, StoreError
 from p2psynth.nodefolder import PublishedRelease, measure_round_and_publish, open_node
 from p2psynth.release import decode_release, release_id
 from p2psynth.rounds import FINAL_ROUND, FRESH_WAITS, BasisChoice, Waiting, choose_basis, plan_from_basis, plan_round_one
+from p2psynth.store import Store
 from p2psynth.strategy import StrategyConfig
 
 log = logging.getLogger(__name__)
@@ -188,17 +191,17 @@ class RoundRunner:
         self, round_number: int, own_previous: ReleaseEntry, deadline_passed: bool, fresh_after_ms: int
     ) -> BasisChoice | Waiting:
         daemon = self._daemon
-        with open_node(daemon.config.path) as node:
-            flagged = set(node.store.flagged_authors())
+        with Store.open(daemon.config.store_file) as store:
+            flagged = set(store.flagged_authors())
             members = set(daemon.members.by_key) - flagged
             current = [
                 _entry(stored.data)
-                for stored in node.store.current_releases()
+                for stored in store.current_releases()
                 if stored.author in members or stored.author == daemon.public_key
             ]
 
             def lookup(rid: bytes) -> ReleaseEntry | None:
-                data = node.store.get_release(rid)
+                data = store.get_release(rid)
                 return None if data is None else _entry(data)
 
             return choose_basis(
@@ -216,8 +219,8 @@ class RoundRunner:
 
     def _own_latest_epoch(self) -> dict[int, ReleaseEntry]:
         """Return this node's releases of its highest epoch by round (empty when it has none)."""
-        with open_node(self._daemon.config.path) as node:
-            own = node.store.own_releases()
+        with Store.open(self._daemon.config.store_file) as store:
+            own = store.own_releases()
             if not own:
                 return {}
             epoch = max(stored.epoch for stored in own)

@@ -148,12 +148,14 @@ class Grouping:
         Attributes whose groups each hold one code are left out, and the
         entries are sorted by attribute name, as the release format requires.
         """
-        entries = []
-        for attribute, mapping in zip(self.domain.attributes, self.maps):
-            if int(mapping.max()) + 1 == mapping.size:
-                continue
-            first = np.flatnonzero(np.diff(mapping)) + 1
-            entries.append((attribute, (0,) + tuple(int(code) for code in first)))
+        from p2psynth.model.expansion import starts_from_maps
+
+        all_starts = starts_from_maps(self.domain, self.maps)
+        entries = [
+            (attribute, starts)
+            for attribute, size, starts in zip(self.domain.attributes, self.domain.sizes, all_starts)
+            if len(starts) < size
+        ]
         return tuple(sorted(entries))
 
     def group_codes(self, codes: np.ndarray) -> np.ndarray:

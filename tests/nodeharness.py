@@ -30,6 +30,18 @@ START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
 
 
+def write_adult_parts(root: Path, adult_data_path: Path, *, parts: int, rows_per_part: int) -> list[Path]:
+    """Write consecutive blocks of the raw adult.data rows as one CSV file per node; return the paths."""
+    with gzip.open(adult_data_path, "rt", encoding="utf-8") as source:
+        lines = [line for line in source if line.strip()]
+    paths = []
+    for index in range(parts):
+        path = root / f"part-{index + 1}.csv"
+        path.write_text("".join(lines[index * rows_per_part : (index + 1) * rows_per_part]), encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
 def write_small_adult(path: Path, adult_data_path: Path, *, rows: int) -> Path:
     """Write the first ``rows`` rows of the raw adult.data file as a CSV file of a user."""
     with gzip.open(adult_data_path, "rt", encoding="utf-8") as source:

@@ -17,8 +17,6 @@ protocol. Afterwards both daemons still run and serve valid requests.
 
 from __future__ import annotations
 
-import gzip
-
 import msgpack
 import multiaddr
 import pytest
@@ -41,6 +39,8 @@ from p2psynth.network.wire import FRAME_HEADER
 from p2psynth.noise import SecureRandom
 from p2psynth.release import Release, encode_release, release_id
 from p2psynth.schema import load_schema
+
+from nodeharness import write_adult_parts
 
 pytestmark = pytest.mark.slow
 
@@ -90,13 +90,7 @@ class CraftedSource:
 @pytest.fixture(scope="module")
 def network(tmp_path_factory, adult_data_path, adult_schema_path):
     root = tmp_path_factory.mktemp("faults")
-    with gzip.open(adult_data_path, "rt", encoding="utf-8") as source:
-        lines = [line for line in source if line.strip()]
-    paths = []
-    for index in range(2):
-        path = root / f"part-{index}.csv"
-        path.write_text("".join(lines[index * 3000 : (index + 1) * 3000]), encoding="utf-8")
-        paths.append(path)
+    paths = write_adult_parts(root, adult_data_path, parts=2, rows_per_part=3000)
     nodes = create_local_network(
         root / "nodes", data_paths=paths, schema_path=adult_schema_path,
         extra_members=[("mallory", _public(MALLORY))], strategy="mst",

@@ -8,7 +8,6 @@ from history, then publishes itself, then one node is killed and restarted.
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
@@ -16,6 +15,8 @@ import pytest
 
 from p2psynth.client import Client
 from p2psynth.localnet import LocalNetwork, create_local_network
+
+from nodeharness import write_adult_parts
 
 pytestmark = pytest.mark.slow
 
@@ -26,13 +27,7 @@ ROWS_PER_NODE = 4000
 @pytest.fixture(scope="module")
 def network(tmp_path_factory, adult_data_path, adult_schema_path):
     root = tmp_path_factory.mktemp("network")
-    with gzip.open(adult_data_path, "rt", encoding="utf-8") as source:
-        lines = [line for line in source if line.strip()]
-    paths = []
-    for index in range(4):
-        path = root / f"part-{index + 1}.csv"
-        path.write_text("".join(lines[index * ROWS_PER_NODE : (index + 1) * ROWS_PER_NODE]), encoding="utf-8")
-        paths.append(path)
+    paths = write_adult_parts(root, adult_data_path, parts=4, rows_per_part=ROWS_PER_NODE)
     nodes = create_local_network(root / "nodes", data_paths=paths, schema_path=adult_schema_path, strategy="mst")
     with LocalNetwork(nodes, anti_entropy_s=(1.0, 2.0)) as net:
         yield net

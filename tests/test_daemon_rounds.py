@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from p2psynth.nodefolder import render_members_file
 from p2psynth.release import decode_release
 from p2psynth.store import Store
 
-from nodeharness import DaemonHarness, api_client, make_node, wait_for, write_small_adult
+from nodeharness import DaemonHarness, api_client, make_node, wait_for, write_adult_parts, write_small_adult
 from releasefactory import fixed_key
 
 pytestmark = pytest.mark.slow
@@ -103,20 +102,13 @@ def test_rounds_wait_block_second_epoch_resume(tmp_path, capsys, adult_data_path
 @pytest.fixture(scope="module")
 def three_node_files(tmp_path_factory, adult_data_path):
     root = tmp_path_factory.mktemp("rounds")
-    with gzip.open(adult_data_path, "rt", encoding="utf-8") as source:
-        lines = [line for line in source if line.strip()]
-    paths = []
-    for index in range(3):
-        path = root / f"part-{index + 1}.csv"
-        path.write_text("".join(lines[index * ROWS_PER_NODE : (index + 1) * ROWS_PER_NODE]), encoding="utf-8")
-        paths.append(path)
-    return root, paths
+    return root, write_adult_parts(root, adult_data_path, parts=3, rows_per_part=ROWS_PER_NODE)
 
 
 def test_late_member_adopts_the_plan_and_all_converge(three_node_files, adult_schema_path):
     root, paths = three_node_files
-    # The early nodes wait this long for the late one; the late one then publishes within
-    # the same window, so the early nodes' releases count as its network epoch.
+    # The early nodes wait this long for the late one. The late one then starts its epoch
+    # within three waits of theirs, so their releases count as its network epoch.
     nodes = create_local_network(
         root / "nodes", data_paths=paths, schema_path=adult_schema_path, round_wait_s=10.0
     )

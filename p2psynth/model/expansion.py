@@ -35,11 +35,13 @@ allowed codes as it contains, and the code is uniform over its allowed codes.
 So a user asking for a rare category whose noisy count came out negative
 still gets rows, and every row satisfies the condition.
 
-Rejected: storing a full-resolution copy of each clique marginal (a pair of
-two 100-code attributes is 10,000 cells instead of 256, for no extra
-information), and drawing codes with ``Generator.choice`` per group (a
-Python loop per group and attribute, and ``choice`` rebuilds its tables on
-every call).
+Rejected alternatives:
+
+- Storing a full-resolution copy of each clique marginal. A pair of two
+  100-code attributes then has 10,000 cells instead of 256, for no extra
+  information.
+- Drawing codes with ``Generator.choice`` per group. That is a Python loop per
+  group and attribute, and ``choice`` rebuilds its tables on every call.
 """
 
 from __future__ import annotations
@@ -85,9 +87,9 @@ class Expansion:
     """Map from a working domain of group codes to the full-resolution ``domain``.
 
     ``starts[i]`` lists the first code of each group of attribute ``i`` of
-    ``domain`` (first 0, strictly increasing, each below the size), and
-    ``shares[i]`` is each code's share of its group (float64, length the
-    attribute's size, summing to 1 within each group). Validation happens on
+    ``domain``: first 0, strictly increasing, each below the size.
+    ``shares[i]`` is each code's share of its group: float64, one per code of
+    the attribute, summing to 1 within each group. Validation happens on
     construction and raises ModelError naming the attribute and value.
     """
 
@@ -344,26 +346,7 @@ class Expansion:
 
     def _checked_allowed(self, allowed: Mapping[str, set[int]]) -> dict[str, set[int]]:
         """Return ``allowed`` as {attribute: set of int codes}, validated against ``domain``."""
-        checked = {}
-        for name, codes in allowed.items():
-            if name not in self.domain:
-                raise ModelError(
-                    f"condition names attribute {name!r}, which is not in the domain {list(self.domain.attributes)}"
-                )
-            size = self.domain.size(name)
-            values = {codes} if isinstance(codes, (int, np.integer)) else set(codes)
-            bad = sorted(
-                repr(c) for c in values if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < size
-            )
-            if bad:
-                raise ModelError(
-                    f"condition on {name!r} has codes {', '.join(bad)} outside 0..{size - 1}; "
-                    "give codes of the attribute's domain"
-                )
-            if not values:
-                raise ModelError(f"condition on {name!r} allows no code; give at least one")
-            checked[name] = {int(c) for c in values}
-        return checked
+        return check_code_conditions(self.domain, allowed)
 
     def _draw_tables(self, allowed: dict[str, set[int]] | None) -> tuple[_AttributeDraw, ...]:
         """Build the draw tables of every attribute with a group of several codes."""
@@ -403,6 +386,37 @@ class Expansion:
                 )
             )
         return tuple(draws)
+
+
+def check_code_conditions(domain: Domain, conditions: Mapping[str, object]) -> dict[str, set[int]]:
+    """Return conditions as {attribute: set of codes} in domain order; raise ModelError naming a bad one.
+
+    Each condition is one code or an iterable of codes of its attribute.
+    """
+    unknown = [name for name in conditions if name not in domain]
+    if unknown:
+        raise ModelError(
+            f"condition names attribute {unknown[0]!r}, which is not in the domain {list(domain.attributes)}"
+        )
+    checked: dict[str, set[int]] = {}
+    for name in domain.attributes:
+        if name not in conditions:
+            continue
+        value = conditions[name]
+        codes = {value} if isinstance(value, (int, np.integer)) else set(value)
+        size = domain.size(name)
+        bad = sorted(
+            repr(c) for c in codes if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < size
+        )
+        if bad:
+            raise ModelError(
+                f"condition on {name!r} has codes {', '.join(bad)} outside 0..{size - 1}; "
+                "give codes of the attribute's domain"
+            )
+        if not codes:
+            raise ModelError(f"condition on {name!r} allows no code; give at least one")
+        checked[name] = {int(c) for c in codes}
+    return checked
 
 
 def starts_from_maps(domain: Domain, maps: Sequence[np.ndarray]) -> tuple[tuple[int, ...], ...]:

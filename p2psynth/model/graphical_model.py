@@ -38,7 +38,7 @@ import numpy as np
 
 from p2psynth.domain import Domain
 from p2psynth.errors import ModelError, SchemaError
-from p2psynth.model.expansion import Expansion
+from p2psynth.model.expansion import Expansion, check_code_conditions
 from p2psynth.model.inference import calibrate, marginalize
 from p2psynth.model.junction_tree import JunctionTree
 from p2psynth.model.sampling import build_samplers, sample_codes
@@ -345,25 +345,7 @@ class GraphicalModel:
     def _check_conditions(self, conditions: Mapping[str, int | Iterable[int]]) -> dict[str, set[int]]:
         """Return the conditions as {attribute: set of codes}, validated against the domain."""
         self._check_attributes(list(conditions), what="conditions")
-        allowed: dict[str, set[int]] = {}
-        for name in self.domain.attributes:
-            if name not in conditions:
-                continue
-            value = conditions[name]
-            codes = {value} if isinstance(value, (int, np.integer)) else set(value)
-            size = self.domain.size(name)
-            bad = sorted(
-                repr(c) for c in codes if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < size
-            )
-            if bad:
-                raise ModelError(
-                    f"condition on {name!r} has codes {', '.join(bad)} outside 0..{size - 1}; "
-                    "give codes of the attribute's domain"
-                )
-            if not codes:
-                raise ModelError(f"condition on {name!r} allows no code; give at least one")
-            allowed[name] = {int(c) for c in codes}
-        return allowed
+        return check_code_conditions(self.domain, conditions)
 
     def _log_conditionals(self) -> list[np.ndarray]:
         """Return log-potentials whose product is the model: log P(C) - log P(separator) per clique."""
