@@ -3,9 +3,9 @@
 Each case starts N daemons (`p2psynth node run`, one process each, real
 libp2p hosts and SQLite stores on 127.0.0.1) over an iid split of the raw
 Adult training rows, every node dialing 3 others. It records each process's
-resident memory once the network is idle, then asks every node at once to
-publish (the three-round strategy, so each node publishes 3 releases) and
-measures:
+resident memory once the network is idle, then requests a publish from
+every node at once. With the three-round strategy each node publishes 3
+releases. The benchmark measures:
 
 - time from the publish requests until every node holds every release;
 - time until every node reports the same model id, fitted from all releases;

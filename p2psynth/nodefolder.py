@@ -163,7 +163,7 @@ def measure_and_publish(
     config = node.config
     epsilon = config.privacy.release_epsilon if epsilon is None else float(epsilon)
     rho = rho_from_epsilon(epsilon, config.privacy.delta)
-    _refuse_during_rounds(node)
+    _raise_if_rounds_unfinished(node)
     node.ledger.check_affordable(rho)
 
     schema, encoded = _read_table(node, data_path)
@@ -218,7 +218,7 @@ def measure_round_and_publish(
     return _write_release(node, data, release, None, encoded, pairs)
 
 
-def _refuse_during_rounds(node: OpenNode) -> None:
+def _raise_if_rounds_unfinished(node: OpenNode) -> None:
     """Raise RoundInProgressError while the node's latest epoch has measurement rounds to go.
 
     An MST release starts a new epoch, which would replace the unfinished

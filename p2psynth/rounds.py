@@ -22,7 +22,7 @@ How a member chooses the basis of its next round (``choose_basis``):
    and plan from all of them.
 3. After ``round_wait_s`` without all of them, plan from the ones present.
    Members that planned before a late release arrived may end up with
-   different bases; assembly then fits the plan most members used and leaves
+   different bases. Assembly then fits the plan most members used and leaves
    the other measurements out (p2psynth/assembly.py).
 
 Only members whose current epoch is *fresh* count in steps 1 to 3: its round-1

@@ -67,9 +67,9 @@ class Member:
         return entry
 
 
-def _choose(member: Member, round_number: int, current, members, *, deadline_passed=False, held=None,
+def _choose(member: Member, round_number: int, current, members, *, deadline_passed=False, by_id=None,
             fresh_after_ms=None):
-    stored = {e.release_id: e for e in current} if held is None else held
+    known = {e.release_id: e for e in current} if by_id is None else by_id
     return choose_basis(
         round_number,
         domain=DOMAIN,
@@ -78,7 +78,7 @@ def _choose(member: Member, round_number: int, current, members, *, deadline_pas
         own_previous=member.entries[round_number - 1],
         current=current,
         expected_authors={m.author for m in members},
-        lookup=stored.get,
+        lookup=known.get,
         deadline_passed=deadline_passed,
         fresh_after_ms=fresh_after_ms,
     )
@@ -93,8 +93,8 @@ def _run_all_rounds(members: list[Member]) -> list[ReleaseEntry]:
         choices = [_choose(m, round_number, published, members) for m in members]
         for member, choice in zip(members, choices):
             assert isinstance(choice, BasisChoice)
-            held = {e.release_id: e for e in published}
-            plan = plan_from_basis(DOMAIN, [held[r] for r in choice.basis], round_number=round_number,
+            by_id = {e.release_id: e for e in published}
+            plan = plan_from_basis(DOMAIN, [by_id[r] for r in choice.basis], round_number=round_number,
                                    rho=RHO, config=CONFIG)
             member.publish(plan, choice.basis)
     return [e for m in members for e in m.entries.values()]
@@ -138,8 +138,8 @@ def test_late_member_adopts_the_basis_the_others_used():
     for member in members:
         member.publish(plan_round_one(DOMAIN, rho=RHO, config=CONFIG))
     early = tuple(sorted(m.entries[1].release_id for m in members[:2]))
-    held = {m.entries[1].release_id: m.entries[1] for m in members}
-    plan = plan_from_basis(DOMAIN, [held[r] for r in early], round_number=2, rho=RHO, config=CONFIG)
+    by_id = {m.entries[1].release_id: m.entries[1] for m in members}
+    plan = plan_from_basis(DOMAIN, [by_id[r] for r in early], round_number=2, rho=RHO, config=CONFIG)
     for member in members[:2]:
         member.publish(plan, early)
 
@@ -148,9 +148,9 @@ def test_late_member_adopts_the_basis_the_others_used():
     assert choice == BasisChoice(2, early, "adopted")
 
     # Without one of the basis releases the plan cannot be recomputed, so it is not adopted.
-    missing_one = {rid: e for rid, e in held.items() if rid != early[0]}
+    missing_one = {rid: e for rid, e in by_id.items() if rid != early[0]}
     missing_one.update({e.release_id: e for m in members for r, e in m.entries.items() if r == 2})
-    fallback = _choose(members[2], 2, current, members, held=missing_one)
+    fallback = _choose(members[2], 2, current, members, by_id=missing_one)
     assert isinstance(fallback, BasisChoice) and fallback.method == "complete"
     assert fallback.basis != early
 
@@ -160,8 +160,8 @@ def test_earlier_epoch_neither_adopted_nor_waited_for():
     for member in members:
         member.publish(plan_round_one(DOMAIN, rho=RHO, config=CONFIG))
     first_epoch = tuple(sorted(m.entries[1].release_id for m in members))
-    held = {m.entries[1].release_id: m.entries[1] for m in members}
-    plan = plan_from_basis(DOMAIN, [held[r] for r in first_epoch], round_number=2, rho=RHO, config=CONFIG)
+    by_id = {m.entries[1].release_id: m.entries[1] for m in members}
+    plan = plan_from_basis(DOMAIN, [by_id[r] for r in first_epoch], round_number=2, rho=RHO, config=CONFIG)
     for member in members[:2]:
         member.publish(plan, first_epoch)
 
@@ -170,17 +170,17 @@ def test_earlier_epoch_neither_adopted_nor_waited_for():
     late.created_at_ms += 86_400_000
     late.publish(plan_round_one(DOMAIN, rho=RHO, config=CONFIG))
     current = [e for m in members[:2] for e in m.entries.values()] + [late.entries[1]]
-    stored = {e.release_id: e for e in current} | held
+    stored = {e.release_id: e for e in current} | by_id
 
-    same_epoch = _choose(late, 2, current, members, held=stored)
+    same_epoch = _choose(late, 2, current, members, by_id=stored)
     assert same_epoch.method == "adopted"
 
     window_start = late.created_at_ms - 300_000
-    waiting = _choose(late, 2, current, members, held=stored, fresh_after_ms=window_start)
+    waiting = _choose(late, 2, current, members, by_id=stored, fresh_after_ms=window_start)
     assert isinstance(waiting, Waiting)
     assert waiting.missing == tuple(sorted(m.author for m in members[:2]))
 
-    alone = _choose(late, 2, current, members, held=stored, fresh_after_ms=window_start, deadline_passed=True)
+    alone = _choose(late, 2, current, members, by_id=stored, fresh_after_ms=window_start, deadline_passed=True)
     assert alone == BasisChoice(2, (late.entries[1].release_id,), "deadline")
 
 
@@ -194,8 +194,8 @@ def test_round_three_basis_contents(three_members):
         assert len(release.basis) == 6
     assert len({m.entries[3].release.basis for m in three_members}) == 1
     # The plan is a function of the basis alone: the order of the entries does not matter.
-    held = {e.release_id: e for e in entries}
-    basis = [held[r] for r in three_members[0].entries[3].release.basis]
+    by_id = {e.release_id: e for e in entries}
+    basis = [by_id[r] for r in three_members[0].entries[3].release.basis]
     first = plan_from_basis(DOMAIN, basis, round_number=3, rho=RHO, config=CONFIG)
     second = plan_from_basis(DOMAIN, list(reversed(basis)), round_number=3, rho=RHO, config=CONFIG)
     assert first.attribute_sets == second.attribute_sets

@@ -559,7 +559,7 @@ class NetworkService:
 
 
 class _ConnectNotifee(INotifee):
-    """Schedules a sync session for every new connection and forgets a closed one, without waiting."""
+    """Schedules a sync session for every new connection and drops the state of a closed one, without waiting."""
 
     def __init__(self, on_connected: Callable[[ID], None], on_disconnected: Callable[[ID], None]) -> None:
         self._on_connected = on_connected
